@@ -186,3 +186,10 @@ def test_duplicate_pool_names_rejected():
 
 def test_webhook_bearer_needs_token():
     assert any("set token" in p for p in problems(BASE + "alerting: {webhook: {auth: bearer}}\n"))
+
+
+def test_readme_configuration_reference_is_current():
+    from divims.config_doc import with_reference
+
+    readme = (ROOT / "README.md").read_text()
+    assert with_reference(readme) == readme, "run: python -m divims.config_doc --write README.md"
