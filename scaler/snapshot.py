@@ -33,6 +33,10 @@ class ServerLoad:
     meetings: int
     participants: int
     recordings_unfinished: int | None = None  # None: unknown (no SSH / no signal)
+    bbb_api_up: bool | None = None            # None: unknown
+    services_healthy: bool | None = None
+    recordings_failed: int | None = None
+    uptime_seconds: float | None = None
 
 
 @dataclass(frozen=True)
