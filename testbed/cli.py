@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+import yaml
+
 from divims.logsetup import setup_logging
 from testbed.pool import TestbedOptions, TestbedPool
 from testbed.world import Delays
@@ -25,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write the credentials as KEY=VALUE (default testbed.env)")
     parser.add_argument("--workdir", help="keys and known_hosts (default: a temporary directory)")
     parser.add_argument("--prometheus-url", default="http://127.0.0.1:9090")
+    parser.add_argument("--config-extra", metavar="FILE",
+                        help="YAML merged into the written config (e.g. alerting.webhook, listen addresses)")
     parser.add_argument("--scaleway-port", type=int, default=8091)
     parser.add_argument("--scalelite-port", type=int, default=8092)
     parser.add_argument("--bbb-port", type=int, default=8093)
@@ -54,7 +58,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"testbed: cannot listen: {exc}", file=sys.stderr)
         pool.stop()
         return 1
-    config = pool.write_config(args.write_config, prometheus_url=args.prometheus_url)
+    extra = None
+    if args.config_extra:
+        try:
+            extra = yaml.safe_load(Path(args.config_extra).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"--config-extra: cannot read {args.config_extra}: {exc}", file=sys.stderr)
+            pool.stop()
+            return 2
+        if not isinstance(extra, dict):
+            print(f"--config-extra: {args.config_extra} must hold a YAML mapping", file=sys.stderr)
+            pool.stop()
+            return 2
+    config = pool.write_config(args.write_config, prometheus_url=args.prometheus_url, extra=extra)
     env_file = Path(args.env_file)
     env_file.write_text("".join(f"{k}={v}\n" for k, v in pool.environment().items()))
     env_file.chmod(0o600)
