@@ -1,0 +1,127 @@
+"""The alert history: payload parsing, idempotent and monotonic recording, retention, restarts."""
+
+from __future__ import annotations
+
+import pytest
+from alerting_fixtures import alert, notification
+
+from alerting.payload import PayloadError, parse_notification, parse_timestamp
+from alerting.store import AlertStore
+
+
+def parsed(*alerts, **extra):
+    return parse_notification(notification(*alerts, **extra)).alerts
+
+
+def test_timestamps_in_go_spellings_are_canonical_utc():
+    a = parse_timestamp("2026-03-01T10:00:00.123456789Z", "t")
+    b = parse_timestamp("2026-03-01T11:00:00.123456+01:00", "t")
+    assert a == b
+    assert a.text == "2026-03-01T10:00:00.123456Z"
+    assert parse_timestamp("0001-01-01T00:00:00Z", "t") is None
+    assert parse_timestamp("2026-03-01T10:00:00Z", "t").text == "2026-03-01T10:00:00Z"
+    with pytest.raises(PayloadError, match="startsAt"):
+        parse_timestamp("yesterday", "startsAt")
+    with pytest.raises(PayloadError, match="invalid time"):
+        parse_timestamp("2026-02-30T10:00:00Z", "t")
+
+
+@pytest.mark.parametrize("body, problem", [
+    ([], "expected a JSON object"),
+    ({"status": "firing", "alerts": []}, "version: missing"),
+    ({"version": "4", "alerts": []}, "status: missing"),
+    ({"version": "4", "status": "firing"}, "alerts: missing"),
+    ({"version": "3", "status": "firing", "alerts": []}, "unsupported webhook version"),
+    ({"version": "4", "status": "burning", "alerts": []}, "status: expected firing or resolved"),
+    ({"version": "4", "status": "firing", "alerts": {}}, "alerts: expected a list"),
+    ({"version": "4", "status": "firing", "alerts": [{"status": "firing", "startsAt": "2026-03-01T10:00:00Z"}]},
+     r"alerts\[0\].fingerprint: missing"),
+    ({"version": "4", "status": "firing", "alerts": [{**alert("A"), "labels": {"a": 1}}]},
+     r"alerts\[0\].labels.a: expected a string"),
+    ({"version": "4", "status": "firing", "alerts": [{**alert("A"), "startsAt": "0001-01-01T00:00:00Z"}]},
+     "not the zero time"),
+])
+def test_a_malformed_notification_names_the_bad_field(body, problem):
+    with pytest.raises(PayloadError, match=problem):
+        parse_notification(body)
+
+
+def test_unknown_fields_of_newer_alertmanagers_are_accepted():
+    n = parse_notification(notification(alert("A"), notification_reason="repeat", routeLabels={"a": "b"},
+                                        somethingNew=[1, 2]))
+    assert [a.alertname for a in n.alerts] == ["A"]
+
+
+def test_a_replay_changes_nothing(tmp_path):
+    store = AlertStore(tmp_path / "w.sqlite", now=lambda: 1000.0)
+    alerts = parsed(alert("A", instance="1"), alert("B", instance="2"))
+    assert [c.kind for c in store.record(alerts, 1000.0)] == ["new", "new"]
+    before = store.list()
+    for at in (1010.0, 1020.0):
+        assert [c.kind for c in store.record(alerts, at)] == ["unchanged", "unchanged"]
+    assert store.list() == before
+    assert store.count() == 2 and store.transition_count() == 2
+
+
+def test_an_occurrence_keeps_its_latest_status_and_its_transitions(tmp_path):
+    store = AlertStore(tmp_path / "w.sqlite")
+    firing = alert("A", fingerprint="f1")
+    store.record(parsed(firing), 100.0)
+    resolved = alert("A", status="resolved", fingerprint="f1", ends_at="2026-03-01T10:05:00Z")
+    assert [c.kind for c in store.record(parsed(resolved), 200.0)] == ["transition"]
+    # a late retry of the older firing notification does not reopen it
+    assert [c.kind for c in store.record(parsed(firing), 300.0)] == ["unchanged"]
+    [row] = store.list()
+    assert row["status"] == "resolved"
+    assert row["ends_at"] == "2026-03-01T10:05:00Z"
+    assert [(t["status"], t["at"]) for t in row["transitions"]] == [("firing", 100.0), ("resolved", 200.0)]
+    # the same fingerprint firing again is a new occurrence (a new startsAt)
+    store.record(parsed(alert("A", fingerprint="f1", starts_at="2026-03-02T08:00:00Z")), 400.0)
+    assert store.count() == 2
+    assert [r["status"] for r in store.list(alertname="A")] == ["firing", "resolved"]
+
+
+def test_changed_annotations_update_without_a_transition(tmp_path):
+    store = AlertStore(tmp_path / "w.sqlite")
+    a = alert("A", fingerprint="f1")
+    store.record(parsed(a), 1.0)
+    a2 = {**a, "annotations": {"summary": "now 42"}}
+    assert [c.kind for c in store.record(parsed(a2), 2.0)] == ["updated"]
+    [row] = store.list()
+    assert row["annotations"] == {"summary": "now 42"} and len(row["transitions"]) == 1
+
+
+def test_list_filters_by_status_alertname_and_since(tmp_path):
+    store = AlertStore(tmp_path / "w.sqlite")
+    store.record(parsed(alert("Old", status="resolved", starts_at="2026-01-01T00:00:00Z",
+                              ends_at="2026-01-01T01:00:00Z")), 1.0)
+    store.record(parsed(alert("Live", starts_at="2026-01-01T00:00:00Z")), 2.0)
+    store.record(parsed(alert("Recent", status="resolved", starts_at="2026-03-01T00:00:00Z",
+                              ends_at="2026-03-01T01:00:00Z")), 3.0)
+    since = parse_timestamp("2026-02-01T00:00:00Z", "since").epoch
+    assert {r["alertname"] for r in store.list(since=since)} == {"Live", "Recent"}
+    assert [r["alertname"] for r in store.list(status="firing")] == ["Live"]
+    assert [r["alertname"] for r in store.list(alertname="Old")] == ["Old"]
+    assert len(store.list(limit=1)) == 1
+
+
+def test_retention_prunes_old_resolved_alerts_only(tmp_path):
+    day = 86400.0
+    store = AlertStore(tmp_path / "w.sqlite", retention_days=10, now=lambda: 0.0)
+    store.record(parsed(alert("Gone", status="resolved")), 0.0)
+    store.record(parsed(alert("StillFiring")), 0.0)
+    store.record(parsed(alert("Young", status="resolved")), 5 * day)
+    assert store.prune(now=11 * day) == 1
+    assert {r["alertname"] for r in store.list()} == {"StillFiring", "Young"}
+    assert store.transition_count() == 2
+
+
+def test_the_history_survives_a_restart(tmp_path):
+    path = tmp_path / "w.sqlite"
+    store = AlertStore(path)
+    store.record(parsed(alert("A"), alert("B")), 1.0)
+    store.close()
+    again = AlertStore(path)
+    assert again.count() == 2
+    assert [c.kind for c in again.record(parsed(alert("A"), alert("B")), 2.0)] == ["unchanged"] * 2
+    again.close()
