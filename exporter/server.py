@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
+from waitress import wasyncore
 from waitress.server import create_server
 
 from exporter.collector import SnapshotCollector
@@ -123,8 +124,12 @@ class MetricsServer:
 
     def stop(self) -> None:
         """Closes the socket, ends the serving loop and joins waitress' worker threads."""
-        self._server.close()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
+            # Close every socket from inside the loop's own thread: closing them from here while the loop
+            # sits in select() makes it fail with EBADF. An empty socket map ends the loop.
+            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
             self._thread.join(timeout=5)
+        else:
+            self._server.close()
         # A single-socket waitress server's close() leaves its task threads running: end them too.
         self._server.task_dispatcher.shutdown(timeout=5)
