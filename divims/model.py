@@ -117,6 +117,8 @@ class HostStats:
     services_healthy: bool
     recordings: RecordingPipeline
     tls_expiry_timestamp: float | None  # epoch seconds of the certificate's notAfter
+    # age of the oldest recording in the processing stage, None when none is processing or unknown
+    oldest_processing_age_seconds: float | None = None
 
 
 @dataclass(frozen=True)
