@@ -113,6 +113,9 @@ class FakeScaleliteServer:
     successes: int = 0
     meetings: int = 0
     users: int = 0
+    largest_meeting: int = 0
+    videos: int = 0
+    polled_at: float | None = None  # world time of the last successful poll (creates since then add load)
 
 
 @dataclass
