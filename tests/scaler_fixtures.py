@@ -12,7 +12,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from divims.errors import ClientError, NotFoundError, TransientError
-from divims.model import VM, FlexibleIP, Meeting, ScaleliteServer, ScaleliteState, Volume, VMState, pool_tags, url_host
+from divims.model import (
+    VM,
+    FlexibleIP,
+    Meeting,
+    ScaleliteServer,
+    ScaleliteState,
+    VMState,
+    Volume,
+    pool_tags,
+    url_host,
+)
 from scaler.inventory import SlotNaming
 
 

@@ -11,11 +11,10 @@ import time
 
 import pytest
 import requests
+from scaler_fixtures import FakePrometheus
 
 from divims.errors import ConfigError
-from scaler.signals import (POOL_SIGNALS, SignalReader, connect, merged_queries, render_query,
-                            shipped_queries)
-from scaler_fixtures import FakePrometheus
+from scaler.signals import POOL_SIGNALS, SignalReader, connect, merged_queries, render_query, shipped_queries
 
 
 @pytest.fixture
