@@ -334,7 +334,7 @@ class FakeScalelite:
 
     # -- request handling
     def _fault(self) -> str | None:
-        """Applies world.faults["scalelite"]: returns "drop", "hang", "error" or None."""
+        """Applies world.faults["scalelite"]: returns "drop", "hang", "hang-after", "error" or None."""
         with self.world.lock:
             f = self.world.faults["scalelite"]
             if f.down:
@@ -344,6 +344,9 @@ class FakeScalelite:
             if f.hang_next > 0:
                 f.hang_next -= 1
                 verdict = "hang"
+            elif f.hang_after_next > 0:
+                f.hang_after_next -= 1
+                verdict = "hang-after"
             elif f.fail_next > 0:
                 f.fail_next -= 1
                 verdict = "error"
@@ -489,6 +492,9 @@ class FakeScalelite:
                 if verdict == "drop":
                     self.close_connection = True
                     return
+                if verdict == "hang-after":
+                    fake.handle(self.command, self.path, self.headers, body)  # done, but never answered
+                    verdict = "hang"
                 if verdict == "hang":
                     with fake.world.lock:
                         hang = fake.world.faults["scalelite"].hang_seconds
