@@ -41,6 +41,10 @@ class ServiceFaults:
     timeout_rate: float = 0.0
     hang_seconds: float = 30.0
     down: bool = False  # refuse every request
+    # Deterministic knobs for tests: the next N requests get `error_status` / hang (then they count down).
+    fail_next: int = 0
+    hang_next: int = 0
+    hang_after_next: int = 0  # processed, then never answered (a create that "timed out" but happened)
 
 
 @dataclass
@@ -237,7 +241,9 @@ class World:
                         if host is not None:
                             host.tls_expiry = now + 80 * 86400
                     elif target in (STOPPED, STOPPED_IN_PLACE):
-                        self._close_power_period(vm, now)
+                        # Standby (stopped in place) keeps being billed: only a full stop ends the period.
+                        if target == STOPPED:
+                            self._close_power_period(vm, now)
                         vm.running_since = None
                         if target == STOPPED:
                             self._wipe_host(vm)
@@ -293,7 +299,8 @@ class World:
         if action == "poweron":
             vm.state, vm.modification_date = STARTING, now
             vm.pending = (RUNNING, now + d.poweron_seconds)
-            vm.power_periods.append((now, None))  # billing starts at power-on (boot time counts)
+            if not (vm.power_periods and vm.power_periods[-1][1] is None):
+                vm.power_periods.append((now, None))  # billing starts at power-on (boot time counts)
         elif action == "poweroff":
             vm.state, vm.modification_date = STOPPING, now
             vm.pending = (STOPPED, now + d.poweroff_seconds)
@@ -309,6 +316,72 @@ class World:
             vm.pending = ("gone", now + d.terminate_seconds)
         else:
             raise ValueError(action)
+
+    # --- Scaleway resources (the fake Scaleway calls these after validating the request) -----
+    def add_image(self, name: str, *, volume_type: str = "sbs_volume", size: int = 40_000_000_000,
+                  project: str | None = None) -> FakeImage:
+        with self.lock:
+            image = FakeImage(self.new_id(), name, project or self.project_id, self.zone, volume_type, size)
+            self.images[image.id] = image
+            return image
+
+    def create_vm(self, name: str, commercial_type: str, image_id: str, tags: list[str], *,
+                  project: str | None = None) -> FakeVM:
+        """A new VM in state `stopped` with a boot volume made from the image (SBS or local)."""
+        with self.lock:
+            now = self.now()
+            image = self.images[image_id]
+            vm = FakeVM(self.new_id(), name, project or self.project_id, self.zone, commercial_type,
+                        image_id, list(tags), STOPPED, now, now)
+            vol = FakeVolume(self.new_id(), f"{image.name} {name}", image.volume_type, image.size, vm.id,
+                             [], vm.project, self.zone, now)
+            self.volumes[vol.id] = vol
+            vm.volume_ids.append(vol.id)
+            self.vms[vm.id] = vm
+            return vm
+
+    def delete_vm(self, vm: FakeVM) -> None:
+        """DELETE of a stopped server: every volume (local ones too) and the IP stay behind, detached."""
+        with self.lock:
+            for vid in vm.volume_ids:
+                if vid in self.volumes:
+                    self.volumes[vid].server_id = None
+            if vm.public_ip_id and vm.public_ip_id in self.ips:
+                self.ips[vm.public_ip_id].server_id = None
+            del self.vms[vm.id]
+            self.deleted_vms.append(vm)
+
+    def create_ip(self, tags: list[str], *, project: str | None = None, server_id: str | None = None) -> FakeIP:
+        with self.lock:
+            n = next(self._ids)
+            # Addresses in a Scaleway-like public range, unique per IP.
+            ip = FakeIP(self.new_id(), f"51.15.{(n // 250) % 250}.{n % 250 + 1}", None, list(tags),
+                        project or self.project_id, self.zone)
+            self.ips[ip.id] = ip
+            if server_id is not None:
+                self.attach_ip(ip, server_id)
+            return ip
+
+    def attach_ip(self, ip: FakeIP, server_id: str | None) -> None:
+        """Moves the IP to `server_id` (None detaches it); a server has at most one flexible IP here."""
+        with self.lock:
+            if ip.server_id and ip.server_id in self.vms:
+                self.vms[ip.server_id].public_ip_id = None
+            ip.server_id = server_id
+            if server_id is not None:
+                vm = self.vms[server_id]
+                if vm.public_ip_id and vm.public_ip_id in self.ips and vm.public_ip_id != ip.id:
+                    self.ips[vm.public_ip_id].server_id = None
+                vm.public_ip_id = ip.id
+
+    def billed_hours(self, vm: FakeVM) -> float:
+        """Hours billed for this VM so far: each power-on period counts for at least one hour."""
+        with self.lock:
+            now = self.now()
+            total = 0.0
+            for start, stop in vm.power_periods:
+                total += max(1.0, ((stop if stop is not None else now) - start) / 3600.0)
+            return total
 
     # --- links between the parts -----------------------------------------------------------
     def host_of_vm(self, vm: FakeVM) -> FakeBBBHost | None:
