@@ -211,3 +211,94 @@ def test_rake_errors_look_like_rake(world: World):
     code, out, _ = handler("docker exec scalelite-api ./bin/rake servers:add[ftp://x,s]")
     assert code == 1 and "must start with http" in out
     assert handler("docker exec other ./bin/rake servers")[0] == 1
+
+
+# --- the rake client over a real SSH connection (paramiko client, asyncssh server on loopback) ---------
+# A minimal in-test server until testbed/sshd.py lands; it runs the same rake handler.
+
+
+class _SSHServer:
+    def __init__(self, tmp_path, handler):
+        import asyncio
+        import threading
+
+        import asyncssh
+
+        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
+        client_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.client_key_file = tmp_path / "client_ed25519"
+        client_key.write_private_key(str(self.client_key_file))
+        authorized = tmp_path / "authorized_keys"
+        authorized.write_bytes(client_key.export_public_key())
+
+        async def process(proc):
+            code, out, err = handler(proc.command)
+            proc.stdout.write(out)
+            proc.stderr.write(err)
+            proc.exit(code)
+
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(asyncssh.create_server(
+            asyncssh.SSHServer, "127.0.0.1", 0, server_host_keys=[self.host_key],
+            authorized_client_keys=str(authorized), process_factory=process))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def known_hosts_line(self, key=None) -> str:
+        key = key or self.host_key
+        return f"[127.0.0.1]:{self.port} {key.export_public_key().decode().strip()}\n"
+
+    def stop(self) -> None:
+        self.server.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+@pytest.fixture
+def ssh_rake(tmp_path, world: World):
+    handler = rake_handler(world)
+    server = _SSHServer(tmp_path, handler)
+    try:
+        yield server, handler
+    finally:
+        server.stop()
+
+
+def _rake_client(server: _SSHServer, known_hosts, **kw):
+    from divims.clients.scalelite import ScaleliteRake
+    return ScaleliteRake("127.0.0.1", port=server.port, user="root", key_file=str(server.client_key_file),
+                         known_hosts=str(known_hosts), timeout_seconds=5, **kw)
+
+
+def test_rake_client_over_ssh_with_a_verified_host_key(ssh_rake, tmp_path, world: World):
+    server, handler = ssh_rake
+    known = tmp_path / "known_hosts"
+    known.write_text(server.known_hosts_line())
+    rake = _rake_client(server, known)
+    added = rake.add_server(f"http://{world.domain(1)}:8090/bigbluebutton/api", "s3cr3t", load_multiplier=2)
+    rake.enable(added.id)
+    (listed,) = rake.get_servers()
+    assert listed.id == added.id and listed.state.value == "enabled" and listed.load_multiplier == 2.0
+    assert handler.commands[0].startswith("sudo -n docker exec scalelite-api ./bin/rake 'servers:add[")
+
+
+def test_rake_client_refuses_unknown_and_changed_host_keys(ssh_rake, tmp_path):
+    import asyncssh
+
+    from divims.errors import AuthError
+
+    server, handler = ssh_rake
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with pytest.raises(AuthError) as err:
+        _rake_client(server, empty).get_servers()
+    assert "not in known_hosts" in str(err.value)
+    other = tmp_path / "other_known_hosts"
+    other.write_text(server.known_hosts_line(asyncssh.generate_private_key("ssh-ed25519")))
+    with pytest.raises(AuthError) as err:
+        _rake_client(server, other).get_servers()
+    assert "differs" in str(err.value)
+    assert handler.commands == []  # nothing ran on an unverified host
+    assert _rake_client(server, empty, accept_unknown_host_keys=True).get_servers() == []
