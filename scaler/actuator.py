@@ -253,8 +253,9 @@ class Actuator:
         raise _Refused(f"{vm.name} is {vm.state.value}: cannot power on now")
 
     def _do_attach_ip(self, action: Action) -> str:
+        # server_id of an ATTACH_IP is the IP's id (the planner's repair) or absent: the VM is the slot's
         slot = self._require_slot(action)
-        vm = self.cloud.get_server(action.server_id) if action.server_id else self._slot_vm(slot)
+        vm = self._slot_vm(slot)
         if vm is None:
             raise _Refused(f"slot {slot} has no VM to attach its IP to")
         return self._ensure_ip(slot, vm.id)
@@ -342,10 +343,19 @@ class Actuator:
         return f"panicked {entry.host} ({why})"
 
     def _check_terminable(self, action: Action) -> tuple[VM, str]:
-        slot = self._require_slot(action)
-        vm = self.cloud.get_server(action.server_id) if action.server_id else self._slot_vm(slot)
+        """The VM to stop, re-read, and why it may go. A stray (slot None, a duplicate) is checked
+        against the slot of its tag or name; the slot's own VM must not be enabled in Scalelite."""
+        if action.slot is None and not action.server_id:
+            raise _Refused(f"{action.kind.value} needs a slot or a server id")
+        vm = self.cloud.get_server(action.server_id) if action.server_id else self._slot_vm(action.slot)
         if vm is None:
-            raise _Skipped(f"slot {slot}: VM already gone")
+            raise _Skipped(f"VM {action.server_id or action.slot} already gone")
+        slot = action.slot or vm.slot or next(
+            (n for n in range(1, self.naming.size_max + 1) if self.naming.slot_name(n) == vm.name), None)
+        if slot is None:
+            if vm.state in _STOPPED:
+                return vm, f"VM {vm.state.value}, outside every slot"
+            raise _Refused(f"VM {vm.name} ({vm.id}) is outside every slot and not stopped")
         entry = self._entry(slot, None)
         slot_vm = self._slot_vm(slot)
         is_slot_vm = slot_vm is not None and slot_vm.id == vm.id

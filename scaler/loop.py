@@ -21,7 +21,7 @@ from scaler.journal import Journal, cycle_record
 from scaler.lock import LeaseStatus, PoolLock
 from scaler.metrics import ScalerMetrics
 from scaler.signals import SignalReader, unknown_signals
-from scaler.snapshot import ActionRequest, Plan, Snapshot
+from scaler.snapshot import ActionKind, ActionRequest, Plan, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class Requests(Protocol):
 # actuator result -> request result (alerting.requests.RESULTS)
 _REQUEST_RESULT = {OK: "ok", SKIPPED: "skipped", REFUSED: "rejected", FAILED: "failed"}
 ONE_SHOT_REQUESTS = ("replace_server", "cordon_server")
+SAFE_WHEN_INCOMPLETE = (ActionKind.UNCORDON, ActionKind.ENABLE, ActionKind.POWERON, ActionKind.CLONE,
+                        ActionKind.ATTACH_IP)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,9 @@ class PoolScaler:
         outcome = CycleOutcome(self.pool, True, status, snapshot, plan, tuple(results), error, duration,
                                frozenset(r.id for r in snapshot.requests) if snapshot else frozenset())
         if act:
+            commit = getattr(self.decide, "commit", None)
+            if commit is not None and plan is not None:
+                commit(results, snapshot.now if snapshot else self.clock())
             self._record(outcome)
         return outcome
 
@@ -159,6 +164,12 @@ class PoolScaler:
                 skipped.append(ActionResult(a, SKIPPED, f"request {a.request_id} already taken"))
                 continue
             actions.append(a)
+        if not snapshot.inventory_complete:
+            # What could not be listed must not be read as absent: only steps that add capacity and
+            # that the actuator re-checks against a fresh listing go ahead.
+            kept = [a for a in actions if a.kind in SAFE_WHEN_INCOMPLETE]
+            skipped += [ActionResult(a, SKIPPED, "inventory incomplete: held") for a in actions if a not in kept]
+            actions = kept
         results = self.actuator.execute(Plan(plan.pool, plan.decision, tuple(actions), plan.waits))
         if self.requests is not None:
             for r in results:
@@ -248,3 +259,149 @@ def run_forever(scalers: Sequence[PoolScaler], *, interval_seconds: float, reque
 
 def _has_new_request(scaler: PoolScaler, seen: frozenset[int]) -> bool:
     return any(r.id not in seen for r in scaler.pending_requests(scaler.clock()))
+
+
+# --- the live decision: policy + planner, with the policy's memory in the state dir ---------------
+_REPLACEMENT_REASONS = ("replaced", "unresponsive", "request")
+
+
+class LiveDecider:
+    """Snapshot -> Plan with `scaler.policy.decide` and `scaler.planner.plan`.
+
+    The policy's state (recent desired values for damping, requests seen) and the replacements of the
+    last hour are kept in `state_path` as JSON and written only by `commit()` (after a cycle that
+    acted), so `plan` never changes what the next live cycle decides."""
+
+    def __init__(self, pool_cfg: Any, scaler_cfg: Any, *, state_path: str | None,
+                 ical_feed: Any | None = None, policy: str = "default"):
+        from scaler.eligibility import Rules
+        from scaler.policy import PolicyParams
+
+        self.pool_cfg = pool_cfg
+        self.params = PolicyParams.from_config(pool_cfg, scaler_cfg)
+        self.rules = Rules.from_config(pool_cfg, scaler_cfg)
+        self.state_path = state_path
+        self.ical_feed = ical_feed
+        self.policy = policy
+        self.feed_up: bool | None = None
+        self._state, self._replacements = self._load()
+        self._next_state = self._state
+        self.last_floor: Any = None
+
+    def _load(self) -> tuple[Any, list[float]]:
+        import json
+        from pathlib import Path
+
+        from scaler.policy import PolicyState
+
+        if not self.state_path or not Path(self.state_path).exists():
+            return PolicyState(), []
+        try:
+            data = json.loads(Path(self.state_path).read_text(encoding="utf-8"))
+            return PolicyState.from_json(json.dumps(data["policy"])), [float(t) for t in data.get("replacements", [])]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("pool %s: policy state %s unreadable (%s): starting afresh", self.pool_cfg.name,
+                        self.state_path, exc)
+            return PolicyState(), []
+
+    def floor(self, now: float) -> Any:
+        from divims.schedule import schedule_floor
+
+        text, note = None, ""
+        if self.ical_feed is not None:
+            text, note = self.ical_feed.read()
+            self.feed_up = note == ""
+        return schedule_floor(self.pool_cfg.schedule, now, self.params.horizon_seconds,
+                              self.pool_cfg.pool_capacity, ics_text=text, ics_note=note)
+
+    def __call__(self, snapshot: Snapshot) -> Plan:
+        from scaler import planner, policy
+
+        floor = self.last_floor = self.floor(snapshot.now)
+        decide = policy.decide_classic if self.policy == "divims-classic" else policy.decide
+        decision, self._next_state = decide(snapshot, self.params, self._state, floor)
+        recent = [t for t in self._replacements if t > snapshot.now - 3600]
+        return planner.plan(snapshot, decision, self.rules, replacements_last_hour=len(recent))
+
+    def commit(self, results: Sequence[ActionResult], now: float) -> None:
+        """Keeps the policy state of the cycle that acted, and counts its replacements."""
+        import json
+        import os
+        from pathlib import Path
+
+        from scaler.snapshot import ActionKind
+
+        self._state = self._next_state
+        self._replacements = [t for t in self._replacements if t > now - 3600] + [
+            now for r in results if r.result == OK and r.action.kind == ActionKind.CORDON
+            and r.action.reason.startswith(_REPLACEMENT_REASONS)]
+        if not self.state_path:
+            return
+        path = Path(self.state_path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"policy": json.loads(self._state.to_json()),
+                                       "replacements": self._replacements}), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.error("pool %s: cannot write the policy state %s: %s", self.pool_cfg.name, path, exc)
+
+
+def build_pool_scaler(settings: Any, pool_cfg: Any, *, dry_run: bool, metrics: ScalerMetrics | None,
+                      with_lock: bool = True, with_journal: bool = True, policy: str = "default") -> PoolScaler:
+    """A PoolScaler wired to the real clients of one configured pool (Scaleway SDK, Scalelite,
+    BBB API, Prometheus, the webhook's request queue when the webhook is configured)."""
+    from pathlib import Path
+
+    from divims.clients.bbb import BBBClient
+    from divims.clients.scalelite import make_scalelite
+    from divims.clients.scaleway import ScalewayCloud
+    from divims.schedule import IcalFeed
+    from scaler.inventory import read_maintenance
+    from scaler.signals import connect, merged_queries
+
+    sc = settings.scaler
+    naming = SlotNaming.from_pool(pool_cfg)
+    prom = settings.prometheus
+    token = prom.bearer_token.get_secret_value() if prom.bearer_token else None
+    reader = SignalReader(connect(prom.url, timeout_seconds=prom.timeout_seconds, bearer_token=token,
+                                  verify_tls=prom.verify_tls),
+                          pool=pool_cfg.name, queries=merged_queries(sc.queries),
+                          max_age_seconds=2 * sc.interval_seconds, boot_seconds=sc.boot_time_seconds,
+                          growth_window_seconds=sc.growth_window_seconds, timeout_seconds=prom.timeout_seconds)
+    cloud = ScalewayCloud.from_pool(pool_cfg)
+    scalelite = make_scalelite(pool_cfg)
+    bbb_cfg = pool_cfg.bbb
+    bbb_secret = bbb_cfg.secret.get_secret_value() if bbb_cfg.secret else None
+
+    def bbb(url: str, secret: str) -> Any:
+        return BBBClient(url, secret, timeout_seconds=bbb_cfg.timeout_seconds, algorithm=bbb_cfg.checksum_algorithm)
+
+    lc = pool_cfg.lifecycle
+    actuator = Actuator(naming, cloud=cloud, scalelite=scalelite, bbb=bbb,
+                        add_secret=bbb_secret or pool_cfg.scalelite.secret.get_secret_value(),
+                        bbb_secret=bbb_secret, flexible_ips=pool_cfg.scaleway.flexible_ips,
+                        max_concurrent_clones=pool_cfg.scaleway.max_concurrent_clones,
+                        meetings_max_duration_seconds=lc.meetings_max_duration_minutes * 60.0)
+    state_dir = Path(sc.state_dir)
+    suffix = ".dry-run" if dry_run else ""
+    ical = None
+    if pool_cfg.schedule.ical:
+        cache = pool_cfg.schedule.ical_cache or str(state_dir / f"{pool_cfg.name}.ics")
+        ical = IcalFeed(pool_cfg.schedule.ical, cache, timeout_seconds=prom.timeout_seconds)
+    decider = LiveDecider(pool_cfg, sc, state_path=str(state_dir / f"{pool_cfg.name}.policy{suffix}.json"),
+                          ical_feed=ical, policy=policy)
+    requests_queue = None
+    webhook = settings.alerting.webhook
+    if webhook is not None and Path(webhook.database).exists():
+        from alerting.requests import RequestQueue
+
+        requests_queue = RequestQueue(webhook.database, max_actions_per_hour=settings.alerting.max_actions_per_hour)
+    lock = PoolLock(state_dir, pool_cfg.name, ttl_seconds=sc.lock_ttl_seconds) if with_lock else None
+    journal = Journal(sc.journal_path) if with_journal else None
+    return PoolScaler(naming, reader=reader, cloud=cloud, scalelite=scalelite, actuator=actuator, decide=decider,
+                      lock=lock, journal=journal, metrics=metrics, requests=requests_queue, bbb=bbb,
+                      bbb_secret=bbb_secret, flexible_ips=pool_cfg.scaleway.flexible_ips,
+                      maintenance=lambda: read_maintenance(lc.maintenance, lc.maintenance_file),
+                      dry_run=dry_run)

@@ -219,3 +219,23 @@ def test_results_never_carry_a_secret(env):
     bbb.down.add("127.0.1.1")
     results = a.execute(plan(act(ActionKind.ENABLE, 1), act(ActionKind.ADD_TO_SCALELITE, 2)))
     assert all("bbbsecret" not in r.detail for r in results)
+
+
+def test_stray_duplicate_is_terminated_by_id_without_touching_the_slots_vm(env):
+    a, cloud, sl, bbb = env
+    keep = cloud.add_vm(1, VMState.RUNNING, created=0)
+    dup = cloud.add_vm(1, VMState.STOPPED, created=10)
+    sl.add(1)
+    bbb.meeting("127.0.1.1", "m", time.time())  # the slot's real VM serves a meeting
+    r = a.execute(plan(act(ActionKind.TERMINATE, None, dup.id)))
+    assert r[0].result == OK
+    assert list(cloud.vms) == [keep.id]
+
+
+def test_attach_ip_repair_takes_the_ip_id_and_finds_the_slots_vm(env):
+    a, cloud, _, _ = env
+    a.flexible_ips = True
+    vm = cloud.add_vm(2, VMState.STOPPED)
+    ip = cloud.create_ip(2)
+    r = a.execute(plan(act(ActionKind.ATTACH_IP, 2, ip.id)))
+    assert r[0].result == OK and cloud.ips[ip.id].server_id == vm.id
