@@ -213,60 +213,29 @@ def test_rake_errors_look_like_rake(world: World):
     assert handler("docker exec other ./bin/rake servers")[0] == 1
 
 
-# --- the rake client over a real SSH connection (paramiko client, asyncssh server on loopback) ---------
-# A minimal in-test server until testbed/sshd.py lands; it runs the same rake handler.
-
-
-class _SSHServer:
-    def __init__(self, tmp_path, handler):
-        import asyncio
-        import threading
-
-        import asyncssh
-
-        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
-        client_key = asyncssh.generate_private_key("ssh-ed25519")
-        self.client_key_file = tmp_path / "client_ed25519"
-        client_key.write_private_key(str(self.client_key_file))
-        authorized = tmp_path / "authorized_keys"
-        authorized.write_bytes(client_key.export_public_key())
-
-        async def process(proc):
-            code, out, err = handler(proc.command)
-            proc.stdout.write(out)
-            proc.stderr.write(err)
-            proc.exit(code)
-
-        self.loop = asyncio.new_event_loop()
-        self.server = self.loop.run_until_complete(asyncssh.create_server(
-            asyncssh.SSHServer, "127.0.0.1", 0, server_host_keys=[self.host_key],
-            authorized_client_keys=str(authorized), process_factory=process))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def known_hosts_line(self, key=None) -> str:
-        key = key or self.host_key
-        return f"[127.0.0.1]:{self.port} {key.export_public_key().decode().strip()}\n"
-
-    def stop(self) -> None:
-        self.server.close()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        self.loop.close()
+# --- the rake client over a real SSH connection (paramiko client, testbed/sshd.py server on loopback) ----
 
 
 @pytest.fixture
 def ssh_rake(tmp_path, world: World):
+    import asyncssh
+
+    from testbed.sshd import start_ssh_server
+
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    key_file = tmp_path / "client_ed25519"
+    client_key.write_private_key(str(key_file))
     handler = rake_handler(world)
-    server = _SSHServer(tmp_path, handler)
+    server = start_ssh_server("127.0.0.1", 0, handler,
+                              authorized_keys=[client_key.export_public_key().decode().strip()])
+    server.client_key_file = key_file
     try:
         yield server, handler
     finally:
         server.stop()
 
 
-def _rake_client(server: _SSHServer, known_hosts, **kw):
+def _rake_client(server, known_hosts, **kw):
     from divims.clients.scalelite import ScaleliteRake
     return ScaleliteRake("127.0.0.1", port=server.port, user="root", key_file=str(server.client_key_file),
                          known_hosts=str(known_hosts), timeout_seconds=5, **kw)
@@ -275,7 +244,7 @@ def _rake_client(server: _SSHServer, known_hosts, **kw):
 def test_rake_client_over_ssh_with_a_verified_host_key(ssh_rake, tmp_path, world: World):
     server, handler = ssh_rake
     known = tmp_path / "known_hosts"
-    known.write_text(server.known_hosts_line())
+    known.write_text(server.known_hosts_line() + "\n")
     rake = _rake_client(server, known)
     added = rake.add_server(f"http://{world.domain(1)}:8090/bigbluebutton/api", "s3cr3t", load_multiplier=2)
     rake.enable(added.id)
@@ -295,8 +264,9 @@ def test_rake_client_refuses_unknown_and_changed_host_keys(ssh_rake, tmp_path):
     with pytest.raises(AuthError) as err:
         _rake_client(server, empty).get_servers()
     assert "not in known_hosts" in str(err.value)
+    other_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
     other = tmp_path / "other_known_hosts"
-    other.write_text(server.known_hosts_line(asyncssh.generate_private_key("ssh-ed25519")))
+    other.write_text(f"[127.0.0.1]:{server.port} {other_key}\n")
     with pytest.raises(AuthError) as err:
         _rake_client(server, other).get_servers()
     assert "differs" in str(err.value)
