@@ -278,3 +278,5 @@ def test_from_pool_reads_the_config_attribute_paths(world, fake, secret):
     vm = cloud.create_server("bbb-1", 1)
     assert "divims-pool=p9" in vm.tags and vm.commercial_type == "PRO2-S"
     assert cloud.attempts == 3 and cloud.timeout_seconds == 3.0
+    cloud.close()
+    assert cloud.list_servers()[0].name == "bbb-1"  # a new session after close

@@ -234,6 +234,13 @@ class ScalewayCloud:
                    api_url=sw.api_url, timeout_seconds=sw.timeout_seconds, max_retries=sw.max_retries,
                    allow_insecure=sw.allow_insecure, flexible_ips=sw.flexible_ips, client=client)
 
+    def close(self) -> None:
+        """Closes this thread's HTTP session (each thread keeps one for keep-alive)."""
+        session = getattr(self.instance._local, "session", None)
+        if session is not None:
+            session.close()
+            self.instance._local.session = None
+
     def __repr__(self) -> str:
         return f"ScalewayCloud(pool={self.pool!r}, zone={self.zone!r}, api_url={self._client.api_url!r})"
 
