@@ -218,6 +218,7 @@ class BBBHostSSH:
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if self.accept_unknown_host_keys
                                            else _RejectUnknown())
         t = self.timeout_seconds
+        started = time.monotonic()
         try:
             client.connect(self.host, port=self.port, username=self.user, key_filename=self.key_file,
                            passphrase=self._passphrase, timeout=t, banner_timeout=t, auth_timeout=t,
@@ -248,6 +249,9 @@ class BBBHostSSH:
             raise AuthError("ssh", self._target, f"key file {self.key_file} not found") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             client.close()
+            # a silent peer surfaces as a banner or session error, not a timeout: tell it by the clock
+            if time.monotonic() - started >= t * 0.9:
+                raise TimeoutError_("ssh", self._target, f"connect: no SSH answer within {t:g} s") from None
             raise TransientError("ssh", self._target, f"connect failed: {_describe(exc)}") from None
         self._client = client
         return client
