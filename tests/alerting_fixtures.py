@@ -80,7 +80,7 @@ class Served:
 
 
 @contextmanager
-def served_webhook(settings, now=None, threads: int = 8) -> Iterator[Served]:
+def served_webhook(settings, now=None, threads: int = 8, port: int = 0) -> Iterator[Served]:
     """The real receiver behind waitress on a free loopback port; closes everything afterwards."""
     hook = settings.alerting.webhook
     db = Database(hook.database)
@@ -88,7 +88,7 @@ def served_webhook(settings, now=None, threads: int = 8) -> Iterator[Served]:
     queue = RequestQueue(db, max_actions_per_hour=settings.alerting.max_actions_per_hour)
     kwargs = {"now": now} if now is not None else {}
     app = create_app(settings, store, queue, **kwargs)
-    server = WebhookServer(app, "127.0.0.1", 0, threads=threads, max_body_bytes=hook.max_body_bytes).start()
+    server = WebhookServer(app, "127.0.0.1", port, threads=threads, max_body_bytes=hook.max_body_bytes).start()
     try:
         yield Served(server.url, store, queue, db, app, server)
     finally:
