@@ -9,9 +9,11 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import venv
 from pathlib import Path
 
@@ -80,10 +82,17 @@ def _compose(compose_bin: Path, *args: str, env_file: Path | None = ENV_EXAMPLE,
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=60, cwd=cwd, env=env)
 
 
+_RENDERED: dict[tuple[str, str | None], str] = {}
+
+
 def _rendered(compose_bin: Path, profile: str | None) -> dict:
-    done = _compose(compose_bin, "config", "--format", "json", profile=profile)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    """The compose file as Compose resolves it for `profile` (rendered once per run, a fresh copy each call)."""
+    key = (str(compose_bin), profile)
+    if key not in _RENDERED:
+        done = _compose(compose_bin, "config", "--format", "json", profile=profile)
+        assert done.returncode == 0, done.stderr
+        _RENDERED[key] = done.stdout
+    return json.loads(_RENDERED[key])
 
 
 def _raw() -> dict:
@@ -295,3 +304,56 @@ def test_alertmanager_config_passes_amtool(tmp_path):
     config = yaml.safe_load(text)
     (receiver,) = config["receivers"]
     assert receiver["webhook_configs"][0]["url"] == f"http://webhook:{DIVIMS_PORTS['webhook']}/alertmanager"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_testbed_profile_command_writes_a_valid_config_with_the_webhook(compose_bin, tmp_path):
+    """Runs the testbed service's own command (paths moved to tmp_path, free ports) and checks that the
+    config it writes, with its credentials and the compose-provided token, is one divims accepts."""
+    service = _rendered(compose_bin, "testbed")["services"]["testbed"]
+    mounts = {v["target"]: v["source"] for v in service["volumes"]}
+    local = {"/var/lib/divims/testbed": str(tmp_path)}
+    # bind mounts: Compose renders their sources as absolute paths in the checkout
+    local.update({target: source for target, source in mounts.items() if target.startswith("/etc/divims/")})
+
+    def here(arg: str) -> str:
+        for target, source in sorted(local.items(), key=lambda kv: -len(kv[0])):
+            arg = arg.replace(target, source)
+        return arg
+
+    argv = [here(a) for a in service["command"]]
+    argv += [f"--scaleway-port={_free_port()}", f"--scalelite-port={_free_port()}", f"--bbb-port={_free_port()}",
+             "--no-ssh", "--log-level=WARNING"]
+    env = {**os.environ, "DIVIMS_WEBHOOK_TOKEN": "token-from-compose"}
+    proc = subprocess.Popen([sys.executable, "-m", "divims.cli", *argv], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    written = tmp_path / "divims.yml"
+    try:
+        deadline = time.monotonic() + 30
+        while not (written.exists() and (tmp_path / "testbed.env").exists()) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the testbed wrote no config in 30 s"
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate(timeout=5)
+        time.sleep(0.2)  # the env file is written right after the config
+        credentials = dict(line.split("=", 1) for line in (tmp_path / "testbed.env").read_text().splitlines())
+        settings = parse_config(written.read_text(), source=str(written),
+                                environ={**credentials, "DIVIMS_WEBHOOK_TOKEN": "token-from-compose"})
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    webhook = settings.alerting.webhook
+    assert webhook is not None and webhook.token.get_secret_value() == "token-from-compose"
+    assert webhook.listen == "0.0.0.0:9095" and settings.exporter.listen == "0.0.0.0:9688"
+    assert settings.scaler.listen == "0.0.0.0:9689"
+    assert Path(webhook.database).parent == Path(settings.scaler.state_dir).parent / "webhook"
+    assert settings.pools[0].size.max == 12
+    assert "token-from-compose" not in written.read_text()  # the token stays a ${VAR} reference
