@@ -142,7 +142,7 @@ def test_every_query_reads_only_contract_metrics_or_shipped_recording_rules():
         "divims_exporter_poll_duration_seconds", "divims_exporter_last_success_timestamp_seconds",
         "divims_exporter_poll_errors_total", "divims_scaler_desired_servers", "divims_scaler_active_servers",
         "divims_scaler_actions_total", "divims_scaler_cycle_duration_seconds",
-        "divims_scaler_last_cycle_timestamp_seconds", "divims_scaler_hold",
+        "divims_scaler_last_cycle_timestamp_seconds", "divims_scaler_hold", "divims_scaler_errors_total",
         "divims_webhook_notifications_total", "divims_webhook_actions_total", "ALERTS",
         # the exporter's pool capacity (enabled servers x the capacity settings)
         "divims_pool_capacity_participants", "divims_pool_capacity_meetings",
