@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from divims.errors import DivimsError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class StoreError(DivimsError):
@@ -32,8 +35,15 @@ class Database:
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._lock = threading.Lock()
+        # SQLite allows one writer; its busy handler makes waiting writers poll with sleeps of up to
+        # 100 ms. Writers of this process queue on this lock instead, so they take turns at once.
+        self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
+        # group commit: callers of batched() queue here; one of them (the leader) commits them all
+        self._batch_cv = threading.Condition()
+        self._batch: list[_Work] = []
+        self._leader = False
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -71,21 +81,70 @@ class Database:
         """A write transaction (BEGIN IMMEDIATE: takes the write lock up front, so two writers never
         deadlock on an upgrade). Commits on success; rolls back and raises StoreError on any sqlite error."""
         conn = self.connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {self.path}: cannot begin a transaction: {exc}") from None
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
+        with self._write_lock:
             try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"database {self.path}: write failed: {exc}") from None
-            raise
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path}: cannot begin a transaction: {exc}") from None
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"database {self.path}: write failed: {exc}") from None
+                raise
+
+    def batched(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs `work(conn)` in a write transaction shared with the callers waiting at the same time
+        (group commit: one fsync for all), each in its own savepoint so that one failure undoes only
+        its own writes. Returns `work`'s result once the transaction is durably committed; raises
+        StoreError when `work` or the commit failed."""
+        item = _Work(work)
+        with self._batch_cv:
+            self._batch.append(item)
+            while self._leader and not item.finished:
+                self._batch_cv.wait()
+            if item.finished:
+                return item.outcome()
+            self._leader = True
+            batch, self._batch = self._batch, []
+        try:
+            self._run_batch(batch)
+        finally:
+            with self._batch_cv:
+                self._leader = False
+                self._batch_cv.notify_all()
+        return item.outcome()
+
+    def _run_batch(self, batch: list[_Work]) -> None:
+        try:
+            with self.transaction() as conn:
+                for item in batch:
+                    conn.execute("SAVEPOINT work")
+                    try:
+                        item.result = item.work(conn)
+                        conn.execute("RELEASE work")
+                    except sqlite3.Error as exc:
+                        conn.execute("ROLLBACK TO work")
+                        conn.execute("RELEASE work")
+                        item.error = StoreError(f"database {self.path}: write failed: {exc}")
+                    except Exception as exc:  # a bug in `work`: its caller gets it, the others commit
+                        conn.execute("ROLLBACK TO work")
+                        conn.execute("RELEASE work")
+                        item.error = exc
+        except StoreError as exc:
+            for item in batch:
+                item.result, item.error = None, item.error or exc
+        except sqlite3.Error as exc:
+            for item in batch:
+                item.result, item.error = None, StoreError(f"database {self.path}: write failed: {exc}")
+        finally:
+            for item in batch:
+                item.finished = True
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         """Rows of a read-only statement (its own implicit read transaction)."""
@@ -114,3 +173,20 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database({self.path!r})"
+
+
+class _Work:
+    """One caller's share of a group commit."""
+
+    __slots__ = ("work", "result", "error", "finished")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]):
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result

@@ -82,10 +82,8 @@ class AlertStore:
         """Stores a notification's alerts in one durable transaction; returns what changed per alert.
         Raises StoreError when the write failed (the caller answers 5xx so Alertmanager retries)."""
         at = self._now() if received_at is None else received_at
-        changes: list[Change] = []
-        with self._db.transaction() as conn:
-            for alert in alerts:
-                changes.append(Change(alert, self._record_one(conn, alert, at)))
+        changes = self._db.batched(
+            lambda conn: [Change(alert, self._record_one(conn, alert, at)) for alert in alerts])
         if at - self._last_prune >= PRUNE_EVERY_SECONDS:
             try:
                 self.prune(at)

@@ -1,0 +1,194 @@
+"""Benchmark of the alert webhook: N notifications of A alerts each from S concurrent senders.
+
+The receiver runs as `divims webhook` does (waitress, SQLite WAL, synchronous=FULL) in its own process;
+the senders run in a few processes of threads, each a keep-alive HTTP session as Alertmanager uses.
+Prints a short table: status counts, latency percentiles, throughput, and whether the store's count
+matches what was sent (nothing lost, nothing duplicated).
+
+    .venv/bin/python -m bench.bench_webhook                      # 5,000 x 10 alerts, 50 senders
+    .venv/bin/python -m bench.bench_webhook --small              # 300 x 10 alerts, 10 senders (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+TOKEN = "bench-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(tmp: Path, port: int) -> Path:
+    db = tmp / "webhook.sqlite"
+    config = tmp / "divims.yml"
+    config.write_text(f"""
+pools:
+  - name: bench
+    scalelite: {{url: "https://scalelite.bench.test", secret: "bench-scalelite-secret"}}
+    scaleway: {{zone: fr-par-1, project_id: 11111111-2222-3333-4444-555555555555, image: img,
+               commercial_type: GP1-S, hostname_template: "bbb-{{n}}", domain_template: "bbb-{{n}}.bench.test"}}
+    size: {{max: 10}}
+alerting:
+  webhook: {{listen: "127.0.0.1:{port}", token: "{TOKEN}", database: "{db}"}}
+  actions:
+    - {{match: {{alertname: BenchScaleOut}}, action: scale_out, servers: 1, for: 10m}}
+logging: {{level: WARNING}}
+""")
+    config.chmod(0o600)
+    return config
+
+
+def notification(sender: int, seq: int, alerts: int) -> bytes:
+    items = []
+    for i in range(alerts):
+        fp = f"{sender:03d}{seq:06d}{i:03d}"
+        items.append({"status": "firing",
+                      "labels": {"alertname": "BenchAlert", "severity": "warning", "pool": "bench",
+                                 "server": f"bbb-{i}.bench.test", "sender": str(sender), "seq": str(seq)},
+                      "annotations": {"summary": "bench alert", "description": "x" * 120},
+                      "startsAt": "2026-03-01T10:00:00.000Z", "endsAt": "0001-01-01T00:00:00Z",
+                      "generatorURL": "http://prometheus.bench/graph", "fingerprint": fp})
+    body = {"receiver": "divims", "status": "firing", "alerts": items, "groupLabels": {"alertname": "BenchAlert"},
+            "commonLabels": {"alertname": "BenchAlert"}, "commonAnnotations": {}, "externalURL": "http://am",
+            "version": "4", "groupKey": f"{{}}:{{sender=\"{sender}\"}}", "truncatedAlerts": 0}
+    return json.dumps(body).encode()
+
+
+def sender_process(url: str, senders: list[int], per_sender: int, alerts: int, out: mp.Queue) -> None:
+    """Runs its share of the senders as threads; puts (latencies, statuses) on `out`."""
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    lock = threading.Lock()
+    bodies = {s: [notification(s, q, alerts) for q in range(per_sender)] for s in senders}
+
+    def one(sender: int) -> None:
+        session = requests.Session()
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        mine, codes = [], {}
+        for body in bodies[sender]:
+            t = time.perf_counter()
+            try:
+                code = str(session.post(url, data=body, headers=headers, timeout=30).status_code)
+            except requests.RequestException as exc:
+                code = type(exc).__name__
+            mine.append(time.perf_counter() - t)
+            codes[code] = codes.get(code, 0) + 1
+        with lock:
+            latencies.extend(mine)
+            for k, v in codes.items():
+                statuses[k] = statuses.get(k, 0) + v
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in senders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((latencies, statuses))
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def run(notifications: int, alerts: int, senders: int, processes: int, threads: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="divims-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        port = free_port()
+        config = write_config(tmp, port)
+        server = subprocess.Popen([sys.executable, "-m", "alerting.cli", "--config", str(config),
+                                   "--threads", str(threads)],
+                                  cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+                                  stderr=(tmp / "webhook.log").open("w"))
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if requests.get(f"{base}/healthz", timeout=1).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the webhook did not start:\n" + (tmp / "webhook.log").read_text())
+                time.sleep(0.1)
+            per_sender = notifications // senders
+            groups = [list(range(senders))[i::processes] for i in range(processes)]
+            out: mp.Queue = mp.Queue()
+            started = time.perf_counter()
+            procs = [mp.Process(target=sender_process, args=(f"{base}/alertmanager", g, per_sender, alerts, out))
+                     for g in groups if g]
+            for p in procs:
+                p.start()
+            results = [out.get() for _ in procs]
+            for p in procs:
+                p.join()
+            elapsed = time.perf_counter() - started
+        finally:
+            server.terminate()
+            server.wait(15)
+        latencies = [x for lat, _ in results for x in lat]
+        statuses: dict[str, int] = {}
+        for _, st in results:
+            for k, v in st.items():
+                statuses[k] = statuses.get(k, 0) + v
+        with sqlite3.connect(tmp / "webhook.sqlite") as db:
+            stored = db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+        sent = per_sender * senders
+        return {"notifications": sent, "alerts_sent": sent * alerts, "alerts_stored": stored,
+                "statuses": statuses, "seconds": elapsed, "per_second": sent / elapsed,
+                "p50_ms": percentile(latencies, 50) * 1000, "p95_ms": percentile(latencies, 95) * 1000,
+                "p99_ms": percentile(latencies, 99) * 1000, "max_ms": max(latencies) * 1000,
+                "mean_ms": statistics.fmean(latencies) * 1000}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--notifications", type=int, default=5000)
+    parser.add_argument("--alerts", type=int, default=10, help="alerts per notification")
+    parser.add_argument("--senders", type=int, default=50, help="concurrent senders")
+    parser.add_argument("--processes", type=int, default=min(4, os.cpu_count() or 2),
+                        help="sender processes (the senders are threads spread over them)")
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads of the receiver")
+    parser.add_argument("--small", action="store_true", help="300 notifications from 10 senders")
+    args = parser.parse_args(argv)
+    if args.small:
+        args.notifications, args.senders = 300, 10
+    r = run(args.notifications, args.alerts, args.senders, args.processes, args.threads)
+    no_5xx = not any(k.startswith("5") or not k.isdigit() for k in r["statuses"])
+    lost = r["alerts_sent"] - r["alerts_stored"]
+    rows = [
+        ("notifications x alerts", f"{r['notifications']} x {args.alerts} from {args.senders} senders"),
+        ("HTTP statuses", ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))),
+        ("alerts sent / stored", f"{r['alerts_sent']} / {r['alerts_stored']} ({'none lost' if lost == 0 else f'{lost} lost'})"),
+        ("throughput", f"{r['per_second']:.0f} notifications/s over {r['seconds']:.1f} s"),
+        ("latency p50 / p95 / p99", f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f} ms"),
+        ("latency mean / max", f"{r['mean_ms']:.1f} / {r['max_ms']:.1f} ms"),
+        ("verdict", "PASS" if no_5xx and lost == 0 and r["p99_ms"] < 100 else "FAIL (goal: no 5xx, none lost, p99 < 100 ms)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0 if no_5xx and lost == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
