@@ -62,6 +62,7 @@ def start_exporter(settings: Any, listen: str | None = None) -> Exporter:
     # /healthz turns 503 when three cycles in a row did not finish
     app = MetricsApp(build_registry(current), current,
                      max_age_seconds=3 * cfg.interval_seconds + cfg.timeout_seconds)
+    poller.on_snapshot = app.prerender
     try:
         server = MetricsServer(app, host, port)
     except OSError as exc:

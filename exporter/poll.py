@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import requests
 
 from divims.errors import ClientError
 from divims.model import VM, HostStats, Meeting, ScaleliteServer, VMState
@@ -94,16 +97,16 @@ def _secret(value: Any) -> str | None:
 def sources_from_config(pool_cfg: Any, exporter_cfg: Any) -> PoolSources:
     """The real clients of one configured pool (divims.config PoolConfig and Settings.exporter)."""
     # Imported here so that `exporter.poll` stays importable (tests, bench) without the SDK's import cost.
-    from divims.clients.scaleway import ScalewayCloud
-
     from divims.clients.bbb import BBBClient
     from divims.clients.scalelite import make_scalelite
+    from divims.clients.scaleway import ScalewayCloud
 
     timeout = float(exporter_cfg.timeout_seconds)
     algorithm = pool_cfg.bbb.checksum_algorithm
 
     def bbb_client(server: ScaleliteServer) -> MeetingsSource:
-        return BBBClient(server.url, server.secret, timeout_seconds=timeout, algorithm=algorithm)
+        return BBBClient(server.url, server.secret, timeout_seconds=timeout, algorithm=algorithm,
+                         session=session_for(server.url))
 
     host_stats = None
     ssh = pool_cfg.bbb.ssh
@@ -130,6 +133,22 @@ def sources_from_config(pool_cfg: Any, exporter_cfg: Any) -> PoolSources:
         participants_per_server=pool_cfg.capacity.participants_per_server,
         meetings_per_server=pool_cfg.capacity.meetings_per_server,
     )
+
+
+def session_for(url: str) -> requests.Session:
+    """A keep-alive session for one server, with the environment's proxy and CA settings read once.
+
+    requests re-reads every environment variable on each call (trust_env) to find proxies: a quarter of
+    the CPU of a getMeetings poll. Reading them here once per server keeps HTTPS_PROXY, NO_PROXY and
+    REQUESTS_CA_BUNDLE working at none of that cost.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(url)
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    return session
 
 
 @dataclass
@@ -171,7 +190,8 @@ class Poller:
 
     def __init__(self, pools: Sequence[PoolSources], *, interval_seconds: float = 15.0,
                  concurrency: int = 64, timeout_seconds: float = 5.0, ssh_interval_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 on_snapshot: Callable[[ExporterSnapshot], None] | None = None):
         if concurrency < 1:
             raise ValueError(f"exporter concurrency must be at least 1, got {concurrency}")
         if interval_seconds <= 0 or timeout_seconds <= 0:
@@ -184,6 +204,9 @@ class Poller:
         self.timeout_seconds = float(timeout_seconds)
         self.ssh_interval_seconds = float(ssh_interval_seconds)
         self.clock = clock
+        # Called with each new snapshot just before it is swapped in (the HTTP side pre-renders it there,
+        # so no scrape ever waits for a render).
+        self.on_snapshot = on_snapshot
         self._workers = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="divims-poll")
         # Scalelite + Scaleway + catalog prices per pool, each on its own worker.
         self._control = ThreadPoolExecutor(max_workers=max(2, 3 * len(self.pools)),
@@ -227,6 +250,11 @@ class Poller:
             errors = tuple(ErrorCount(k[0], k[1], k[2], v) for k, v in sorted(self._errors.items()))
         snap = ExporterSnapshot(taken_at=self.clock(), pools=tuple(pools), errors=errors,
                                 cycle_seconds=time.monotonic() - started)
+        if self.on_snapshot is not None:
+            try:
+                self.on_snapshot(snap)
+            except Exception:  # a failed pre-render must not lose the cycle; scrapes render it themselves
+                log.exception("exporter snapshot hook failed")
         self._snapshot = snap  # one reference assignment: scrapes see the old or the new, never a mix
         self.cycles += 1
         return snap
@@ -449,9 +477,11 @@ class Poller:
                 break
             starts = [by_future[f].started + by_future[f].limit for f in pending
                       if by_future[f].started is not None]
-            next_deadline = min(starts + [budget_end])
-            done, pending = wait(pending, timeout=max(0.005, min(0.25, next_deadline - now)),
-                                 return_when=FIRST_COMPLETED)
+            # Sleep until everything is done or the next deadline: waking on every completion would cost
+            # O(n) per wake-up (wait() registers on each pending future), O(n^2) per cycle. Calls not yet
+            # started have no deadline, hence the 0.5 s re-check.
+            next_deadline = min(starts + [budget_end, now + 0.5])
+            done, pending = wait(pending, timeout=max(0.005, next_deadline - now), return_when=ALL_COMPLETED)
             for f in done:
                 c = by_future[f]
                 exc = f.exception()
