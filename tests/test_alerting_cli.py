@@ -1,0 +1,121 @@
+"""`divims webhook` as a process (waitress), its exit codes, and the store's group commit."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from alerting_fixtures import TOKEN, alert, auth_headers, notification, pool_dict
+
+from alerting.database import Database, StoreError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(tmp_path: Path, webhook: dict | None) -> Path:
+    doc = {"pools": [pool_dict("p1")], "logging": {"level": "INFO"}}
+    if webhook is not None:
+        doc["alerting"] = {"webhook": webhook}
+    path = tmp_path / "divims.yml"
+    path.write_text(yaml.safe_dump(doc))
+    path.chmod(0o600)
+    return path
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alerting.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_the_webhook_serves_and_stops_cleanly_on_sigterm(tmp_path):
+    port = free_port()
+    config = write_config(tmp_path, {"token": TOKEN, "database": str(tmp_path / "db" / "w.sqlite")})
+    proc = subprocess.Popen([sys.executable, "-m", "alerting.cli", "--config", str(config),
+                             "--listen", f"127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the webhook did not start"
+                time.sleep(0.1)
+        r = requests.post(f"http://127.0.0.1:{port}/alertmanager", json=notification(alert("A")),
+                          headers=auth_headers(), timeout=5)
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert TOKEN not in out + err
+    assert "listening on" in err and "stopped" in err
+
+
+@pytest.mark.parametrize("webhook, listen, code, message", [
+    (None, None, 2, "alerting.webhook"),
+    ({"token": TOKEN, "database": "/tmp/x.sqlite"}, "nowhere", 2, "--listen"),
+    ({"auth": "bearer", "database": "/tmp/x.sqlite"}, None, 2, "token"),
+])
+def test_bad_configuration_exits_2_with_a_clear_message(tmp_path, webhook, listen, code, message):
+    config = write_config(tmp_path, webhook)
+    args = ["--config", str(config)] + (["--listen", listen] if listen else [])
+    r = run_cli(*args)
+    assert r.returncode == code
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_an_unwritable_database_exits_1(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = write_config(tmp_path, {"token": TOKEN, "database": str(blocker / "sub" / "w.sqlite")})
+    r = run_cli("--config", str(config), "--listen", f"127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "database" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_group_commit_isolates_a_failing_caller(tmp_path):
+    db = Database(tmp_path / "g.sqlite")
+    db.executescript("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(12)
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        try:
+            # caller 5 breaks the primary key: only its own insert is undone
+            results[i] = db.batched(lambda c: c.execute("INSERT INTO t VALUES (?)", (0 if i == 5 else i + 1,))
+                                    and (c.execute("INSERT INTO t VALUES (0)") if i == 5 else i))
+        except StoreError as exc:
+            results[i] = exc
+
+    db.batched(lambda c: c.execute("INSERT INTO t VALUES (0)"))
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(results[5], StoreError)
+    assert all(results[i] == i for i in range(12) if i != 5)
+    rows = {r[0] for r in db.query("SELECT k FROM t")}
+    assert rows == {0} | {i + 1 for i in range(12) if i != 5}
+    db.close()
