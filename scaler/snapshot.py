@@ -50,6 +50,10 @@ class Signals:
     participants_last_week: Signal = field(default_factory=lambda: Signal("participants_last_week", None))
     meetings_yesterday: Signal = field(default_factory=lambda: Signal("meetings_yesterday", None))
     meetings_last_week: Signal = field(default_factory=lambda: Signal("meetings_last_week", None))
+    # participants one day / one week ago at now (PromQL offset 1d / 7d, no look-ahead): the forecast
+    # scales yesterday's curve by today's ratio to it, so a Saturday does not replay a Friday
+    participants_yesterday_now: Signal = field(default_factory=lambda: Signal("participants_yesterday_now", None))
+    participants_last_week_now: Signal = field(default_factory=lambda: Signal("participants_last_week_now", None))
     # per server host (the `server` label): None when the per-server signal is unknown
     per_server: dict[str, ServerLoad] | None = None
     prometheus_up: bool = True
@@ -78,6 +82,9 @@ class SlotState:
     recordings_failed: int | None = None
     uptime_seconds: float | None = None
     in_maintenance: bool = False            # operator's maintenance list: never touched
+    # epoch seconds the current power-on period began (billing anchor), when known; else the
+    # planner estimates it from vm.modification_date
+    powered_on_at: float | None = None
 
 
 @dataclass(frozen=True)
