@@ -41,6 +41,7 @@ class FakePrometheus:
         self.answers: dict[str, object] = {}
         self.requests: list[tuple[str, str, str]] = []
         self.status: int | None = None  # answer every query with this HTTP status
+        self.provider = None  # query -> result, computed at request time (WorldPrometheus)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,10 +58,13 @@ class FakePrometheus:
                     self.wfile.write(b"down")
                     return
                 result: object = []
-                for key, value in outer.answers.items():
-                    if key in q:
-                        result = value
-                        break
+                if outer.provider is not None:
+                    result = outer.provider(q)
+                else:
+                    for key, value in outer.answers.items():
+                        if key in q:
+                            result = value
+                            break
                 if isinstance(result, int):
                     self.send_response(result)
                     self.end_headers()
@@ -312,3 +316,45 @@ class MemoryBBB:
 
 
 __all__ = ["FakePrometheus", "MemoryCloud", "MemoryScalelite", "MemoryBBB", "naming", "ClientError"]
+
+
+class WorldPrometheus(FakePrometheus):
+    """Answers the shipped queries from a testbed World, as Prometheus scraping the exporter would:
+    series only for servers whose BBB API answers; no history (the forecast stays unknown)."""
+
+    def __init__(self, world):
+        super().__init__()
+        self.world = world
+        self.provider = self._answer
+
+    def _hosts(self):
+        w = self.world
+        w.advance()
+        with w.lock:
+            return [(h, list(h.meetings.values()), list(h.recordings.values()))
+                    for h in w.bbb_hosts.values() if w.bbb_reachable(h.host)]
+
+    def _per(self, fn):
+        return [{"metric": {"server": h.host}, "value": [0, str(fn(h, m, r))]} for h, m, r in self._hosts()]
+
+    def _answer(self, q: str):
+        hosts = self._hosts()
+        if "timestamp(" in q:
+            return self._per(lambda h, m, r: 2) if "by (server)" in q else self.vector(2)
+        if "deriv(" in q:
+            return self.vector(0)
+        if "offset" in q:
+            return []
+        if "bbb_api_up" in q:
+            return self._per(lambda h, m, r: 1)
+        if "bbb_recordings_processing" in q:
+            return self._per(lambda h, m, r: sum(1 for x in r if x.stage not in ("transferred", "failed")))
+        if "sum by (server) (bbb_meetings{" in q:
+            return self._per(lambda h, m, r: len(m))
+        if "sum by (server) (bbb_meetings_participants{" in q:
+            return self._per(lambda h, m, r: sum(x.participants for x in m))
+        if "sum(bbb_meetings_participants{" in q:
+            return self.vector(sum(x.participants for _, m, _ in hosts for x in m))
+        if "sum(bbb_meetings{" in q:
+            return self.vector(sum(len(m) for _, m, _ in hosts))
+        return []

@@ -1,0 +1,296 @@
+"""Scenarios of the live scaler against the testbed over real HTTP: the official Scaleway SDK against
+FakeScaleway, ScaleliteHTTP against FakeScalelite, BBBClient against the fake BBB fleet, and a tiny
+Prometheus that answers the shipped queries from the world (as if it scraped the exporter)."""
+
+from __future__ import annotations
+
+import collections
+import time
+import uuid
+from dataclasses import replace
+
+import pytest
+from scaler_fixtures import WorldPrometheus
+
+from divims.config import load_config
+from scaler.loop import build_pool_scaler
+from scaler.metrics import ScalerMetrics
+from scaler.snapshot import ActionKind
+from testbed.pool import TestbedOptions, TestbedPool
+from testbed.world import RUNNING, Delays, FakeMeeting, FakeRecording
+
+SLOTS = 6
+
+
+class SimulatedCrash(BaseException):
+    """Not an Exception: it goes through every `except Exception`, like a kill between two steps."""
+
+
+@pytest.fixture
+def bed(tmp_path, monkeypatch):
+    delays = Delays(poweron_seconds=0.2, bbb_boot_seconds=0.1, poweroff_seconds=0.1, terminate_seconds=0.1,
+                    recording_seconds=0.3)
+    pool = TestbedPool(TestbedOptions(slots=SLOTS, ssh=False, delays=delays, scalelite_poll_seconds=0.1,
+                                      workdir=str(tmp_path / "bed"))).start()
+    prom = WorldPrometheus(pool.world).start()
+    for k, v in pool.environment().items():
+        monkeypatch.setenv(k, v)
+    extra = {"scaler": {"state_dir": str(tmp_path / "state"), "interval_seconds": 1, "lock_ttl_seconds": 1,
+                        "scale_in_window_seconds": 0},
+             "pools": [{"size": {"min": 1, "max": SLOTS}}]}
+    path = pool.write_config(tmp_path / "divims.yml", prometheus_url=prom.url, extra=extra)
+    settings = load_config(str(path))
+    yield pool, prom, settings
+    prom.stop()
+    pool.stop()
+
+
+def make_scaler(settings, **kw):
+    s = build_pool_scaler(settings, settings.pools[0], dry_run=False, metrics=kw.pop("metrics", ScalerMetrics()),
+                          **kw)
+    # test time runs in seconds, not hours: no billing minimum, no paid-hour preference
+    s.decide.rules = replace(s.decide.rules, min_billed_seconds=0, paid_hour_margin_seconds=None)
+    return s
+
+
+def add_meetings(world, slot: int, count: int, participants: int, *, recording: bool = False,
+                 age: float = 0.0) -> list[str]:
+    host = world.domain(slot)
+    ids = []
+    with world.lock:
+        for _ in range(count):
+            mid = uuid.uuid4().hex[:10]
+            world.bbb_hosts[host].meetings[mid] = FakeMeeting(mid, mid + "-i", "class", world.now() - age,
+                                                              participants, recording=recording)
+            ids.append(mid)
+    return ids
+
+
+def enabled_slots(world) -> set[int]:
+    with world.lock:
+        return {world.bbb_hosts[h].slot for s in world.scalelite_servers.values()
+                for h in world.bbb_hosts if s.state == "enabled" and f"//{h}:" in s.url}
+
+
+def vm_names(world) -> list[str]:
+    world.advance()
+    with world.lock:
+        return sorted(vm.name for vm in world.vms.values())
+
+
+def assert_no_duplicate(world) -> None:
+    """Never two VMs for one slot at the same time."""
+    with world.lock:
+        names = collections.Counter(vm.name for vm in world.vms.values())
+    assert max(names.values(), default=1) == 1, names
+
+
+def converge(scaler, world, done, *, cycles: int = 40, pause: float = 0.15, check=None):
+    """Cycles until `done()`; after every cycle no slot has two VMs and `check()` (more invariants) holds."""
+    for _ in range(cycles):
+        outcome = scaler.cycle()
+        assert_no_duplicate(world)
+        if check is not None:
+            check()
+        if done():
+            return outcome
+        time.sleep(pause)
+    raise AssertionError("did not converge")
+
+
+def cut_meetings(world) -> list:
+    """Meetings that ended because their server went away (not by their own end)."""
+    return [e for e in world.ended_meetings if e[3] in ("vm-stopped", "scalelite-panic")]
+
+
+def orphans(world) -> tuple[list, list]:
+    with world.lock:
+        vols = [v.id for v in world.volumes.values() if v.server_id is None]
+        strays = [n for n, c in collections.Counter(vm.name for vm in world.vms.values()).items() if c > 1]
+    return vols, strays
+
+
+def test_surge_scales_from_one_to_n(bed):
+    pool, _, settings = bed
+    w = pool.world
+    s = make_scaler(settings)
+    converge(s, w, lambda: enabled_slots(w) == {1})
+    add_meetings(w, 1, 10, 100)  # 1000 participants: 1000 / (250 x 0.85) -> 5 servers
+    converge(s, w, lambda: len(enabled_slots(w)) == 5 and len(vm_names(w)) == 5)
+    assert vm_names(w) == [f"bbb-{n}" for n in range(1, 6)]
+    journal = s.journal.read()
+    assert any(r["kind"] == "clone" and r["result"] == "ok" for e in journal for r in e["results"])
+    assert journal[-1]["plan"]["desired"] == 5
+
+
+def test_scale_in_never_cuts_a_meeting_or_an_unfinished_recording(bed):
+    pool, _, settings = bed
+    w = pool.world
+    s = make_scaler(settings)
+    converge(s, w, lambda: enabled_slots(w) == {1})
+    add_meetings(w, 1, 10, 100)
+    converge(s, w, lambda: len(enabled_slots(w)) == 5)
+    with w.lock:  # the load leaves, except one meeting on slot 2 and a recording on slot 3
+        w.bbb_hosts[w.domain(1)].meetings.clear()
+    kept = add_meetings(w, 2, 1, 20)
+    with w.lock:
+        now = w.now()
+        w.bbb_hosts[w.domain(3)].recordings["r1"] = FakeRecording("r1", "m", "processing", now - 60, now, None)
+
+    def invariants():
+        assert not cut_meetings(w)
+        names = vm_names(w)
+        assert "bbb-2" in names, "the server with a meeting was terminated"
+        with w.lock:
+            unfinished = w.bbb_hosts[w.domain(3)].recordings["r1"].stage != "transferred"
+        if unfinished:
+            assert "bbb-3" in names, "the server with an unfinished recording was terminated"
+
+    converge(s, w, lambda: len(vm_names(w)) <= 3, check=invariants)
+    assert set(vm_names(w)) >= {"bbb-2", "bbb-3"}
+    # the recording finishes and the meeting ends: both servers may go now
+    with w.lock:
+        rec = w.bbb_hosts[w.domain(3)].recordings["r1"]
+        rec.stage, rec.next_at = "transferred", None
+        w.end_meeting(w.domain(2), kept[0], "ended-by-moderator")
+    converge(s, w, lambda: len(vm_names(w)) == 1 and not orphans(w)[0], check=lambda: not cut_meetings(w))
+    assert not cut_meetings(w)
+
+
+@pytest.mark.parametrize("stage", ["clone:created", "clone:powered_on"])
+def test_crash_mid_clone_recovers_with_no_duplicate_and_no_orphan(bed, stage):
+    pool, _, settings = bed
+    w = pool.world
+    s = make_scaler(settings)
+
+    def crash(at, action):
+        if at == stage:
+            raise SimulatedCrash(at)
+
+    s.actuator._hook = crash
+    with pytest.raises(SimulatedCrash):
+        s.cycle()
+    assert vm_names(w) == ["bbb-1"]
+    time.sleep(1.05)  # the crashed scaler's lease expires (lock_ttl_seconds: 1)
+    s2 = make_scaler(settings)
+    converge(s2, w, lambda: enabled_slots(w) == {1} and orphans(w) == ([], []) and len(vm_names(w)) == 1)
+    assert vm_names(w) == ["bbb-1"]
+
+
+@pytest.mark.parametrize("stage", ["panic:checked", "terminate:checked", "terminate:done"])
+def test_crash_mid_drain_recovers_with_no_orphan(bed, stage):
+    pool, _, settings = bed
+    w = pool.world
+    s = make_scaler(settings)
+    converge(s, w, lambda: enabled_slots(w) == {1})
+    add_meetings(w, 1, 4, 100)  # 400 participants -> 2 servers
+    converge(s, w, lambda: len(enabled_slots(w)) == 2)
+    with w.lock:
+        w.bbb_hosts[w.domain(1)].meetings.clear()
+    crashed = []
+
+    def crash(at, action):
+        if at == stage and not crashed:
+            crashed.append(at)
+            raise SimulatedCrash(at)
+
+    s.actuator._hook = crash
+    with pytest.raises(SimulatedCrash):
+        converge(s, w, lambda: False)
+    time.sleep(1.05)
+    s2 = make_scaler(settings)
+    converge(s2, w, lambda: len(vm_names(w)) == 1 and orphans(w) == ([], []) and len(enabled_slots(w)) == 1)
+    assert not cut_meetings(w)
+
+
+def test_prometheus_down_holds_scale_in_and_scale_in_resumes_after(bed):
+    pool, prom, settings = bed
+    w = pool.world
+    metrics = ScalerMetrics()
+    s = make_scaler(settings, metrics=metrics)
+    converge(s, w, lambda: enabled_slots(w) == {1})
+    add_meetings(w, 1, 4, 100)
+    converge(s, w, lambda: len(enabled_slots(w)) == 2)
+    with w.lock:
+        w.bbb_hosts[w.domain(1)].meetings.clear()
+    prom.status = 503
+    for _ in range(6):
+        outcome = s.cycle()
+        assert not any(a.kind in (ActionKind.CORDON, ActionKind.TERMINATE, ActionKind.PANIC)
+                       for a in outcome.plan.actions)
+        time.sleep(0.1)
+    assert any("prometheus" in h for h in outcome.plan.decision.holds)
+    assert metrics.registry.get_sample_value("divims_scaler_hold", {"pool": "testbed",
+                                                                   "reason": "prometheus_unreachable"}) == 1
+    assert len(enabled_slots(w)) == 2
+    prom.status = None
+    converge(s, w, lambda: len(vm_names(w)) == 1)
+    assert metrics.registry.get_sample_value("divims_scaler_hold", {"pool": "testbed",
+                                                                   "reason": "prometheus_unreachable"}) is None
+
+
+def test_a_429_storm_makes_no_duplicate(bed):
+    pool, _, settings = bed
+    w = pool.world
+    s = make_scaler(settings)
+    converge(s, w, lambda: enabled_slots(w) == {1})
+    w.faults["scaleway"].error_rate = 0.5
+    w.faults["scaleway"].error_status = 429
+    add_meetings(w, 1, 10, 100)
+    converge(s, w, lambda: len([n for n in vm_names(w)]) >= 5, cycles=60)
+    w.faults["scaleway"].error_rate = 0.0
+    converge(s, w, lambda: len(enabled_slots(w)) == 5 and len(vm_names(w)) == 5 and orphans(w) == ([], []),
+             cycles=60)
+
+
+def test_plan_sends_no_write_to_any_service(bed):
+    pool, _, settings = bed
+    w = pool.world
+    s = make_scaler(settings)
+    converge(s, w, lambda: enabled_slots(w) == {1} and len(vm_names(w)) == 1 and orphans(w) == ([], []))
+    add_meetings(w, 1, 10, 100)  # the plan would clone four servers
+    with w.lock:
+        vm_state = {vm.id: vm.state for vm in w.vms.values()}
+        sl_state = {sv.id: sv.state for sv in w.scalelite_servers.values()}
+    scalelite_calls = []
+    original = pool.scalelite.handle
+
+    def recording(method, path, headers, body):
+        scalelite_calls.append((method, path.split("?")[0]))
+        return original(method, path, headers, body)
+
+    pool.scalelite.handle = recording
+    pool.scaleway.requests.clear()
+    import io
+
+    from scaler.cli import plan_command
+    out = io.StringIO()
+    assert plan_command(settings, list(settings.pools), as_json=False, out=out) == 0
+    text = out.getvalue()
+    assert "clone" in text and "load" in text and "final" in text and "participants" in text
+    methods = {m for m, _, _ in pool.scaleway.requests} | {m for m, _ in scalelite_calls}
+    assert pool.scaleway.requests and scalelite_calls  # it did read both
+    assert methods == {"GET"}, methods
+    with w.lock:
+        assert {vm.id: vm.state for vm in w.vms.values()} == vm_state
+        assert {sv.id: sv.state for sv in w.scalelite_servers.values()} == sl_state
+    assert not w.ended_meetings
+
+
+def test_two_scalers_on_one_pool_exactly_one_acts(bed):
+    pool, _, settings = bed
+    w = pool.world
+    a, b = make_scaler(settings), make_scaler(settings)
+    first, second = a.cycle(), b.cycle()
+    assert first.acted and not second.acted
+    assert "another scaler" in second.error and "waiting" in second.error
+    for _ in range(3):
+        assert a.cycle().acted and not b.cycle().acted
+        time.sleep(0.1)
+    assert_no_duplicate(w)
+    # the active one dies (no release): the other takes over once the lease expires
+    time.sleep(1.05)
+    assert b.cycle().acted
+    assert not a.cycle().acted
+    with w.lock:
+        assert all(vm.state == RUNNING or vm.pending for vm in w.vms.values())
