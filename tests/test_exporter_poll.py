@@ -199,3 +199,56 @@ def test_background_loop_swaps_snapshots(world, fleet):
     finally:
         poller.stop()
     assert poller.cycles >= 3 and scalelite.calls >= 3
+
+
+class _Cloud:
+    """An in-process Scaleway source (the wire protocol and its retries are the Scaleway client's tests)."""
+
+    def __init__(self, vms, error=None):
+        self.vms, self.error, self.price_calls = vms, error, 0
+
+    def list_servers(self):
+        if self.error is not None:
+            raise self.error
+        return list(self.vms)
+
+    def hourly_price(self, commercial_type):
+        self.price_calls += 1
+        return 0.5
+
+
+def _vm(name, state, created):
+    from divims.model import VM
+    return VM(id=f"id-{name}-{created}", name=name, state=state, commercial_type="PRO2-M", zone="fr-par-1",
+              tags=(), creation_date=created, modification_date=created + 5)
+
+
+def test_scaleway_states_one_vm_per_slot_and_down_after_errors(world, fleet):
+    from divims.model import VMState
+    vms = [_vm("bbb-1", VMState.STOPPED, 100.0), _vm("bbb-1", VMState.RUNNING, 50.0),
+           _vm("bbb-2", VMState.STOPPED_IN_PLACE, 10.0), _vm("other-9", VMState.RUNNING, 1.0)]
+    cloud = _Cloud(vms)
+    scalelite = ListScalelite(scalelite_entries(world, fleet.url_for))
+    poller = Poller([bbb_pool(POOL, world, scalelite, cloud=cloud)], interval_seconds=10, concurrency=4,
+                    timeout_seconds=2)
+    try:
+        poller.poll_once()
+        m = samples(render(poller))
+        cloud.error = TransientError("scaleway", "fr-par-1", "HTTP 503 after 4 tries")
+        poller.poll_once()
+        down = samples(render(poller))
+    finally:
+        poller.stop()
+    h1, h2 = world.domain(1), world.domain(2)
+    assert value(m, "scaleway_up", pool=POOL) == 1
+    assert value(m, "scaleway_server_state", pool=POOL, server=h1, state="running") == 1  # the live one wins
+    assert value(m, "scaleway_server_state", pool=POOL, server=h2, state="stopped_in_place") == 1
+    assert value(m, "scaleway_server_info", pool=POOL, server=h1, id="id-bbb-1-50.0", commercial_type="PRO2-M",
+                 zone="fr-par-1") == 1
+    assert value(m, "scaleway_server_hourly_price_euros", pool=POOL, server=h1) == 0.5
+    assert value(m, "scaleway_server_state_changed_timestamp_seconds", pool=POOL, server=h1) == 55.0
+    assert not any("other-9" in str(k) for k in m)
+    assert cloud.price_calls == 1  # the catalog is cached
+    assert value(down, "scaleway_up", pool=POOL) == 0
+    assert value(down, "divims_exporter_poll_errors_total", pool=POOL, source="scaleway", kind="transient") == 1
+    assert value(down, "bbb_api_up", pool=POOL, server=h1) == 1  # the other sources are unaffected
