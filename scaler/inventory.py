@@ -183,9 +183,13 @@ def build_snapshot(naming: SlotNaming, *, cloud: Cloud, scalelite: Scalelite, si
         participants = load.participants if load else None
         up = load.bbb_api_up if load else None
         oldest = None
-        if (bbb is not None and entry is not None and entry.state != ScaleliteState.ENABLED
+        # Servers the exporter does not poll (no Scalelite entry yet, or not enabled): ask BBB directly,
+        # so a new clone can be added and enabled once its API answers, and a drain sees its meetings.
+        secret = bbb_secret or (entry.secret if entry is not None else None)
+        if (bbb is not None and secret and (entry is None or entry.state != ScaleliteState.ENABLED)
                 and vm is not None and vm.state == VMState.RUNNING):
-            m, p, oldest, up_now = _draining_meetings(bbb, entry.url, bbb_secret or entry.secret, now, pool, domain)
+            url = entry.url if entry is not None else naming.slot_url(n)
+            m, p, oldest, up_now = _draining_meetings(bbb, url, secret, now, pool, domain)
             up = up_now
             if m is not None:
                 meetings, participants = m, p
