@@ -191,13 +191,15 @@ class IcalFeed:
             log.warning("schedule: iCal feed failed (%s), using the cached copy %s", type(exc).__name__,
                         self.cache_path)
             if self.cache_path and self.cache_path.exists():
-                return self.cache_path.read_text(encoding="utf-8"), "iCal feed failed: cached copy"
+                with open(self.cache_path, encoding="utf-8", newline="") as fh:
+                    return fh.read(), "iCal feed failed: cached copy"
             return None, "iCal feed failed and no cached copy"
         if self.cache_path:
             try:
                 self.cache_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = self.cache_path.with_suffix(self.cache_path.suffix + ".tmp")
-                tmp.write_text(text, encoding="utf-8")
+                with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                    fh.write(text)
                 tmp.replace(self.cache_path)
             except OSError as exc:
                 log.warning("schedule: cannot write the iCal cache %s: %s", self.cache_path, exc)

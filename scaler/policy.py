@@ -25,6 +25,7 @@ from scaler.snapshot import ActionRequest, Decision, Signal, Signals, Snapshot, 
 DEFAULT_TARGET_UTILIZATION = 0.85
 # how far above the schedule's or history's expected peak a foretold ramp may be extrapolated
 EXPECTED_MARGIN = 0.10
+SPARE_FROM_SERVERS = 0.5
 HISTORY_SMOOTHING = 10.0
 MAX_HISTORY_RATIO = 1.5
 
@@ -45,6 +46,7 @@ class PolicyParams:
     # placement (meetings never move) and for the noise around the measured growth
     target_utilization: float = DEFAULT_TARGET_UTILIZATION
     request_default_seconds: float = 1800.0
+    spare_servers: int = 1               # whole servers kept free once the load passes half a server
 
     @classmethod
     def from_config(cls, pool: Any, scaler: Any, **overrides: Any) -> PolicyParams:
@@ -130,6 +132,10 @@ def load_term(signals: Signals, params: PolicyParams, expected_peak: float | Non
             ahead, capped = cap, f", capped at the expected {expected_peak:.0f}+{EXPECTED_MARGIN:.0%}"
     meetings_ahead = meetings * (ahead / participants) if participants > 0 else meetings
     servers = servers_for(ahead, meetings_ahead, params, params.target_utilization)
+    if params.spare_servers and ahead >= params.participants_per_server * SPARE_FROM_SERVERS:
+        # N+1: a small pool also keeps one whole server free, so the first minutes of a surge
+        # nobody foretold find room (meetings never move off the server they started on)
+        servers = max(servers, servers_for(ahead, meetings_ahead, params) + params.spare_servers)
     note = f"growth {growth * 60:.1f}/min" if g.known else "growth unknown, taken as 0"
     return Term("load", servers, f"{participants:.0f} participants, {meetings:.0f} meetings, {note}: "
                                  f"{ahead:.0f} expected in {params.horizon_seconds:.0f} s{capped} at "

@@ -39,6 +39,8 @@ CLONE_READY_SECONDS = 7 * 60.0
 POWERON_READY_SECONDS = 4 * 60.0
 STARTING_SECONDS = 30.0
 SCRAPE_LAG_SECONDS = 60.0
+ENVELOPE_SECONDS = 600.0
+RECENT_SECONDS = 300.0
 CLASSIC_INTERVAL_SECONDS = 300.0
 POLICIES = ("default", "divims-classic", "static")
 # Scaleway list prices, EUR per hour (Instances, fr-par, 2026): used when no catalog is reachable
@@ -272,13 +274,26 @@ class Simulation:
             return None
         return self.history[i][1], self.history[i][2]
 
+    def _growth(self) -> float | None:
+        """Sustained growth: the smaller of the envelope's slope over the growth window and over the
+        last RECENT_SECONDS, so a step that is over (a surge that arrived) is not extrapolated,
+        while a ramp that goes on is. PromQL: min of the two deriv(max_over_time(...)) below."""
+        long = self._deriv(float(self.scaler_cfg.growth_window_seconds))
+        recent = self._deriv(RECENT_SECONDS)
+        if long is None or recent is None:
+            return long
+        return min(long, recent)
+
     def _deriv(self, window: float) -> float | None:
-        """PromQL deriv(): the least-squares slope (per second) of participants over the window."""
+        """The growth signal: the least-squares slope (per second) over `window` of the participants'
+        running maximum over ENVELOPE_SECONDS (PromQL: deriv(max_over_time(P[10m])[window:1m])).
+        The running maximum hides the dip of the on-the-hour rebound, so only new highs count."""
         n = int(round(window / STEP))
+        k = int(round(ENVELOPE_SECONDS / STEP))
         end = len(self.history) - int(round(SCRAPE_LAG_SECONDS / STEP))
         if end - n < 0:
             return None
-        ys = [h[1] for h in self.history[end - n:end]]
+        ys = [max(h[1] for h in self.history[max(0, i - k + 1):i + 1]) for i in range(end - n, end)]
         xm = (n - 1) / 2.0
         ym = sum(ys) / n
         num = sum((i - xm) * (y - ym) for i, y in enumerate(ys))
@@ -302,8 +317,7 @@ class Simulation:
         lag = self._lagged(now, SCRAPE_LAG_SECONDS) or self._lagged(now, 0)
         if lag is None:
             return Signals(Signal("participants", None, reason="no data"), Signal("meetings", None, reason="no data"))
-        growth = Signal("participants_growth", self._deriv(float(self.scaler_cfg.growth_window_seconds)),
-                        reason="less history than the growth window")
+        growth = Signal("participants_growth", self._growth(), reason="less history than the growth window")
         y = self._history_max(now, 86400.0)
         w = self._history_max(now, 7 * 86400.0)
 
