@@ -4,111 +4,28 @@ Prometheus that answers the shipped queries from the world (as if it scraped the
 
 from __future__ import annotations
 
-import collections
+import io
 import time
-import uuid
-from dataclasses import replace
 
 import pytest
-from scaler_fixtures import WorldPrometheus
+from scaler_fixtures import (
+    SimulatedCrash,
+    add_meetings,
+    assert_no_duplicate,
+    bed,
+    converge,
+    cut_meetings,
+    enabled_slots,
+    make_scaler,
+    orphans,
+    vm_names,
+)
 
-from divims.config import load_config
-from scaler.loop import build_pool_scaler
 from scaler.metrics import ScalerMetrics
 from scaler.snapshot import ActionKind
-from testbed.pool import TestbedOptions, TestbedPool
-from testbed.world import RUNNING, Delays, FakeMeeting, FakeRecording
+from testbed.world import RUNNING, FakeRecording
 
-SLOTS = 6
-
-
-class SimulatedCrash(BaseException):
-    """Not an Exception: it goes through every `except Exception`, like a kill between two steps."""
-
-
-@pytest.fixture
-def bed(tmp_path, monkeypatch):
-    delays = Delays(poweron_seconds=0.1, bbb_boot_seconds=0.05, poweroff_seconds=0.05, terminate_seconds=0.05,
-                    recording_seconds=0.3)
-    pool = TestbedPool(TestbedOptions(slots=SLOTS, ssh=False, delays=delays, scalelite_poll_seconds=0.05,
-                                      workdir=str(tmp_path / "bed"))).start()
-    prom = WorldPrometheus(pool.world).start()
-    for k, v in pool.environment().items():
-        monkeypatch.setenv(k, v)
-    extra = {"scaler": {"state_dir": str(tmp_path / "state"), "interval_seconds": 1, "lock_ttl_seconds": 1,
-                        "scale_in_window_seconds": 0},
-             # bounded retries keep a 429 storm's backoff within a test's time
-             "pools": [{"size": {"min": 1, "max": SLOTS}, "scaleway": {"max_retries": 2, "timeout_seconds": 2}}]}
-    path = pool.write_config(tmp_path / "divims.yml", prometheus_url=prom.url, extra=extra)
-    settings = load_config(str(path))
-    yield pool, prom, settings
-    prom.stop()
-    pool.stop()
-
-
-def make_scaler(settings, **kw):
-    s = build_pool_scaler(settings, settings.pools[0], dry_run=False, metrics=kw.pop("metrics", ScalerMetrics()),
-                          **kw)
-    # test time runs in seconds, not hours: no billing minimum, no paid-hour preference
-    s.decide.rules = replace(s.decide.rules, min_billed_seconds=0, paid_hour_margin_seconds=None)
-    return s
-
-
-def add_meetings(world, slot: int, count: int, participants: int, *, recording: bool = False,
-                 age: float = 0.0) -> list[str]:
-    host = world.domain(slot)
-    ids = []
-    with world.lock:
-        for _ in range(count):
-            mid = uuid.uuid4().hex[:10]
-            world.bbb_hosts[host].meetings[mid] = FakeMeeting(mid, mid + "-i", "class", world.now() - age,
-                                                              participants, recording=recording)
-            ids.append(mid)
-    return ids
-
-
-def enabled_slots(world) -> set[int]:
-    with world.lock:
-        return {world.bbb_hosts[h].slot for s in world.scalelite_servers.values()
-                for h in world.bbb_hosts if s.state == "enabled" and f"//{h}:" in s.url}
-
-
-def vm_names(world) -> list[str]:
-    world.advance()
-    with world.lock:
-        return sorted(vm.name for vm in world.vms.values())
-
-
-def assert_no_duplicate(world) -> None:
-    """Never two VMs for one slot at the same time."""
-    with world.lock:
-        names = collections.Counter(vm.name for vm in world.vms.values())
-    assert max(names.values(), default=1) == 1, names
-
-
-def converge(scaler, world, done, *, cycles: int = 40, pause: float = 0.08, check=None):
-    """Cycles until `done()`; after every cycle no slot has two VMs and `check()` (more invariants) holds."""
-    for _ in range(cycles):
-        outcome = scaler.cycle()
-        assert_no_duplicate(world)
-        if check is not None:
-            check()
-        if done():
-            return outcome
-        time.sleep(pause)
-    raise AssertionError("did not converge")
-
-
-def cut_meetings(world) -> list:
-    """Meetings that ended because their server went away (not by their own end)."""
-    return [e for e in world.ended_meetings if e[3] in ("vm-stopped", "scalelite-panic")]
-
-
-def orphans(world) -> tuple[list, list]:
-    with world.lock:
-        vols = [v.id for v in world.volumes.values() if v.server_id is None]
-        strays = [n for n, c in collections.Counter(vm.name for vm in world.vms.values()).items() if c > 1]
-    return vols, strays
+__all__ = ["bed"]
 
 
 def test_surge_scales_from_one_to_n(bed):
@@ -268,7 +185,6 @@ def test_plan_sends_no_write_to_any_service(bed):
 
     pool.scalelite.handle = recording
     pool.scaleway.requests.clear()
-    import io
 
     from scaler.cli import plan_command
     out = io.StringIO()
