@@ -42,6 +42,7 @@ class TestbedOptions:
     seed: int = 1
     workdir: str | None = None          # keys, known_hosts (a temp dir when None)
     loop_trace: bool = False
+    ssh_key_passphrase: str | None = None  # encrypt the client key (config gets ${SSH_KEY_PASSPHRASE})
 
 
 class TestbedPool:
@@ -113,7 +114,7 @@ class TestbedPool:
         key_path = self.workdir / "id_ed25519"
         if not key_path.exists():
             key = asyncssh.generate_private_key("ssh-ed25519")
-            key.write_private_key(str(key_path))
+            key.write_private_key(str(key_path), passphrase=self.options.ssh_key_passphrase)
             key.write_public_key(str(key_path) + ".pub")
             os.chmod(key_path, 0o600)
         self.client_key_file = str(key_path)
@@ -142,8 +143,11 @@ class TestbedPool:
     # --- the ready configuration ---------------------------------------------------------------
     def environment(self) -> dict[str, str]:
         """The Scaleway SDK's credentials, the SDK's own way (never in the config file)."""
-        return {"SCW_ACCESS_KEY": TESTBED_ACCESS_KEY, "SCW_SECRET_KEY": self.scaleway_secret_key,
-                "SCALELITE_SECRET": self.scalelite_secret, "BBB_SECRET": self.world.bbb_secret}
+        env = {"SCW_ACCESS_KEY": TESTBED_ACCESS_KEY, "SCW_SECRET_KEY": self.scaleway_secret_key,
+               "SCALELITE_SECRET": self.scalelite_secret, "BBB_SECRET": self.world.bbb_secret}
+        if self.options.ssh_key_passphrase:
+            env["SSH_KEY_PASSPHRASE"] = self.options.ssh_key_passphrase
+        return env
 
     def config_dict(self, *, name: str = "testbed", prometheus_url: str = "http://127.0.0.1:9090",
                     extra: dict | None = None) -> dict:
@@ -165,6 +169,8 @@ class TestbedPool:
         if o.ssh and self.ssh_servers:
             pool["bbb"]["ssh"] = {"user": "root", "port": self.ssh_port, "key_file": self.client_key_file,
                                   "known_hosts": self.known_hosts_file, "timeout_seconds": 5}
+            if o.ssh_key_passphrase:
+                pool["bbb"]["ssh"]["key_passphrase"] = "${SSH_KEY_PASSPHRASE}"
         cfg = {"pools": [pool], "prometheus": {"url": prometheus_url}}
         if extra:
             _deep_merge(cfg, extra)
