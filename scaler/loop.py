@@ -205,7 +205,7 @@ class PoolScaler:
             m.set_terms(pool, terms)
             m.active.labels(pool).set(d.active)
             m.set_holds(pool, list(d.holds))
-            feed = _schedule_feed_up(d)
+            feed = getattr(self.decide, "feed_up", None)  # LiveDecider: was the iCal feed read?
             if feed is not None:
                 m.feed_up.labels(pool).set(1 if feed else 0)
 
@@ -218,19 +218,6 @@ def _service_of(detail: str) -> str:
         if words and words[0] in ("scaleway", "scalelite", "bbb", "ssh", "prometheus"):
             return words[0]
     return "divims"
-
-
-def _schedule_feed_up(decision: Any) -> bool | None:
-    """Whether the iCal feed was read, when the schedule term says so (the policy's `feed_up`)."""
-    for t in decision.terms:
-        if t.name == "schedule":
-            value = getattr(t, "feed_up", None)
-            if value is not None:
-                return bool(value)
-            text = t.reason.lower()
-            if "ical" in text or "feed" in text:
-                return not any(w in text for w in ("fail", "cached", "unreachable", "error"))
-    return None
 
 
 def run_forever(scalers: Sequence[PoolScaler], *, interval_seconds: float, request_poll_seconds: float,

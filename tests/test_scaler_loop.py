@@ -173,3 +173,47 @@ def test_run_loop_wakes_early_for_a_new_request_and_releases_the_lock(tmp_path):
     assert not t.is_alive()
     assert s.lock.current() is None  # released on exit
     q.close()
+
+
+def test_live_decider_keeps_policy_state_only_on_commit_and_reports_the_feed(tmp_path):
+    import uuid
+
+    from divims.config import load_config
+    from scaler.inventory import build_snapshot
+    from scaler.loop import LiveDecider
+
+    ics = tmp_path / "pool.ics"
+    ics.write_text("BEGIN:VCALENDAR\nVERSION:2.0\nPRODID:t\nBEGIN:VEVENT\nUID:1\nDTSTAMP:20260101T000000Z\n"
+                   "DTSTART:20260101T080000Z\nDTEND:20260101T120000Z\nSUMMARY:users=500\nEND:VEVENT\n"
+                   "END:VCALENDAR\n")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"""
+pools:
+  - name: p1
+    scalelite: {{url: "http://127.0.0.1:1", secret: s3cr3t}}
+    scaleway: {{zone: fr-par-1, project_id: "{uuid.uuid4()}", image: img, commercial_type: PRO2-M,
+                hostname_template: "bbb-{{n}}", domain_template: "127.0.1.{{n}}"}}
+    size: {{min: 1, max: 4}}
+    schedule: {{ical: "{ics}", ical_cache: "{tmp_path / 'cache.ics'}"}}
+scaler: {{state_dir: "{tmp_path / 'state'}"}}
+""")
+    settings = load_config(str(cfg))
+    from divims.schedule import IcalFeed
+    pool = settings.pools[0]
+    state = tmp_path / "state" / "p1.policy.json"
+    d = LiveDecider(pool, settings.scaler, state_path=str(state), ical_feed=IcalFeed(str(ics), None))
+    cloud, sl = MemoryCloud(), MemoryScalelite()
+    snap = build_snapshot(naming(), cloud=cloud, scalelite=sl, now=time.time(),
+                          signals=Signals(Signal("participants", 300), Signal("meetings", 4)))
+    plan = d(snap)
+    assert d.feed_up is True
+    assert {t.name for t in plan.decision.terms} >= {"load", "schedule", "forecast"}
+    assert plan.decision.desired >= 2 and any(a.kind == ActionKind.CLONE for a in plan.actions)
+    assert not state.exists()  # deciding (as `plan` does) writes nothing
+    d.commit([], snap.now)
+    assert state.exists()
+    again = LiveDecider(pool, settings.scaler, state_path=str(state))
+    assert again._state.history  # the damping window survives a restart
+    d.ical_feed = IcalFeed(str(tmp_path / "missing.ics"), None)
+    d(snap)
+    assert d.feed_up is False

@@ -151,12 +151,13 @@ def test_a_429_storm_makes_no_duplicate(bed):
     pool, _, settings = bed
     w = pool.world
     s = make_scaler(settings)
+    s.cloud.base_delay, s.cloud.max_delay = 0.02, 0.2  # the backoff of the real client, in test time
     converge(s, w, lambda: enabled_slots(w) == {1})
     w.faults["scaleway"].error_rate = 0.5
     w.faults["scaleway"].error_status = 429
     add_meetings(w, 1, 10, 100)
     failed = 0
-    for _ in range(3):  # the storm: half of Scaleway's answers are 429 (retried with backoff)
+    for _ in range(5):  # the storm: half of Scaleway's answers are 429 (retried with backoff)
         outcome = s.cycle()
         assert_no_duplicate(w)
         failed += sum(1 for r in outcome.results if r.result == "failed")
