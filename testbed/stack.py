@@ -54,7 +54,7 @@ class StackOptions:
     alert_for: str = "5s"          # `for:` of the fast alerts in the demo/e2e rule overrides
     actions: list[dict] = field(default_factory=lambda: [
         {"match": {"alertname": "BBBServerUnresponsive"}, "action": "replace_server"},
-        {"match": {"alertname": "DivimsDemandAboveCapacity"}, "action": "scale_out", "servers": 1,
+        {"match": {"alertname": "PoolDemandAboveCapacity"}, "action": "scale_out", "servers": 1,
          "for": "10m"},
     ])
     services: tuple[str, ...] = ("exporter", "webhook", "scaler", "prometheus", "alertmanager")
