@@ -175,7 +175,9 @@ def create_app(settings: Any, store: AlertStore, requests_queue: RequestQueue | 
         if changed:
             log.info("webhook: stored %s notification from receiver %s: %d alerts, %d changed",
                      notification.status, notification.receiver, len(notification.alerts), changed)
-        return jsonify({"status": "ok", "alerts": len(notification.alerts), "changed": changed})
+        # json.dumps + Response, not jsonify: same body, a fraction of the cost on the hot path
+        return Response(json.dumps({"status": "ok", "alerts": len(notification.alerts), "changed": changed}),
+                        mimetype="application/json")
 
     @app.get("/alerts")
     def list_alerts() -> Response:

@@ -41,7 +41,7 @@ class Database:
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
         # group commit: callers of batched() queue here; one of them (the leader) commits them all
-        self._batch_cv = threading.Condition()
+        self._batch_lock = threading.Lock()
         self._batch: list[_Work] = []
         self._leader = False
         if self.path != ":memory:":
@@ -104,20 +104,33 @@ class Database:
         its own writes. Returns `work`'s result once the transaction is durably committed; raises
         StoreError when `work` or the commit failed."""
         item = _Work(work)
-        with self._batch_cv:
+        with self._batch_lock:
             self._batch.append(item)
-            while self._leader and not item.finished:
-                self._batch_cv.wait()
+            lead = not self._leader
+            if lead:
+                self._leader = True
+        if not lead:
+            # Parked on our own lock (no shared condition: waking every waiter after each commit cost
+            # more CPU than the commit). Released when our work is committed, or when we are made
+            # the next leader.
+            item.wake.acquire()
             if item.finished:
                 return item.outcome()
-            self._leader = True
+        with self._batch_lock:
             batch, self._batch = self._batch, []
         try:
             self._run_batch(batch)
         finally:
-            with self._batch_cv:
-                self._leader = False
-                self._batch_cv.notify_all()
+            for other in batch:
+                if other is not item:
+                    other.wake.release()
+            with self._batch_lock:
+                # Hand over to the first caller that queued during our commit: it commits the rest
+                # while we answer our own request.
+                if self._batch:
+                    self._batch[0].wake.release()
+                else:
+                    self._leader = False
         return item.outcome()
 
     def _run_batch(self, batch: list[_Work]) -> None:
@@ -178,10 +191,12 @@ class Database:
 class _Work:
     """One caller's share of a group commit."""
 
-    __slots__ = ("work", "result", "error", "finished")
+    __slots__ = ("work", "result", "error", "finished", "wake")
 
     def __init__(self, work: Callable[[sqlite3.Connection], Any]):
         self.work = work
+        self.wake = threading.Lock()
+        self.wake.acquire()  # a binary semaphore: released once to wake its caller
         self.result: Any = None
         self.error: BaseException | None = None
         self.finished = False

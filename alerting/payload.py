@@ -6,6 +6,7 @@ accepted and ignored, so newer Alertmanagers keep working.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -41,9 +42,23 @@ def parse_timestamp(value: Any, field: str) -> Timestamp | None:
         return None
     if not isinstance(value, str):
         raise PayloadError(f"{field}: expected an RFC 3339 time string, got {type(value).__name__}")
+    try:
+        return _parse_rfc3339(value)
+    except _BadTime as exc:
+        raise PayloadError(f"{field}: {exc}") from None
+
+
+class _BadTime(ValueError):
+    pass
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_rfc3339(value: str) -> Timestamp | None:
+    # Cached: a notification repeats the zero endsAt and its group's startsAt in every alert, and
+    # Alertmanager resends the same alerts every group_interval. Timestamp is immutable.
     m = _RFC3339.match(value)
     if not m:
-        raise PayloadError(f"{field}: expected an RFC 3339 time like 2026-01-02T03:04:05Z, got {value[:40]!r}")
+        raise _BadTime(f"expected an RFC 3339 time like 2026-01-02T03:04:05Z, got {value[:40]!r}")
     year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
     if year == _ZERO_YEAR:
         return None
@@ -57,7 +72,7 @@ def parse_timestamp(value: Any, field: str) -> Timestamp | None:
             tz = timezone(timedelta(minutes=sign * (int(zone[1:3]) * 60 + int(zone[4:6]))))
         when = datetime(year, month, day, hour, minute, min(second, 59), micros, tzinfo=tz).astimezone(UTC)
     except ValueError as exc:
-        raise PayloadError(f"{field}: invalid time {value[:40]!r}: {exc}") from None
+        raise _BadTime(f"invalid time {value[:40]!r}: {exc}") from None
     fraction = f".{when.microsecond:06d}".rstrip("0") if when.microsecond else ""
     text = when.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
     return Timestamp(text=text, epoch=when.timestamp())

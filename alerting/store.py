@@ -50,6 +50,15 @@ CREATE INDEX IF NOT EXISTS alert_transitions_alert ON alert_transitions (fingerp
 """
 
 PRUNE_EVERY_SECONDS = 3600.0
+_SELECT_CHUNK = 500  # fingerprints per SELECT ... IN (...), well under SQLite's variable limit
+
+# One encoder, built once: json.dumps(..., sort_keys=True) builds a new one on every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _canonical(mapping: dict[str, str]) -> str:
+    """The stored spelling of labels/annotations: sorted keys, no spaces (so equal maps compare equal)."""
+    return _CANONICAL.encode(mapping)
 
 
 @dataclass(frozen=True)
@@ -82,8 +91,7 @@ class AlertStore:
         """Stores a notification's alerts in one durable transaction; returns what changed per alert.
         Raises StoreError when the write failed (the caller answers 5xx so Alertmanager retries)."""
         at = self._now() if received_at is None else received_at
-        changes = self._db.batched(
-            lambda conn: [Change(alert, self._record_one(conn, alert, at)) for alert in alerts])
+        changes = self._db.batched(lambda conn: self._record_many(conn, alerts, at))
         if at - self._last_prune >= PRUNE_EVERY_SECONDS:
             try:
                 self.prune(at)
@@ -92,41 +100,65 @@ class AlertStore:
         return changes
 
     @staticmethod
-    def _record_one(conn, alert: Alert, at: float) -> str:
-        key = (alert.fingerprint, alert.starts_at.text)
-        labels = json.dumps(alert.labels, sort_keys=True, separators=(",", ":"))
-        annotations = json.dumps(alert.annotations, sort_keys=True, separators=(",", ":"))
-        ends_text = alert.ends_at.text if alert.ends_at else None
-        ends_ts = alert.ends_at.epoch if alert.ends_at else None
-        row = conn.execute("SELECT status, labels, annotations, ends_at FROM alerts"
-                           " WHERE fingerprint=? AND starts_at=?", key).fetchone()
-        if row is None:
-            conn.execute(
+    def _record_many(conn, alerts: Sequence[Alert], at: float) -> list[Change]:
+        """Records `alerts` in order, as if one by one, with one SELECT per chunk of alerts and one
+        executemany per kind of write (the statements, not the data, dominated the cost per alert)."""
+        current: dict[tuple[str, str], tuple[str, str, str, str | None]] = {}
+        fingerprints = sorted({a.fingerprint for a in alerts})
+        for i in range(0, len(fingerprints), _SELECT_CHUNK):
+            chunk = fingerprints[i:i + _SELECT_CHUNK]
+            rows = conn.execute("SELECT fingerprint, starts_at, status, labels, annotations, ends_at FROM alerts"
+                                f" WHERE fingerprint IN ({','.join('?' * len(chunk))})", chunk)
+            for fp, starts, *state in rows:
+                current[(fp, starts)] = tuple(state)
+        inserts: list[tuple] = []
+        transitions: list[tuple] = []
+        updates: list[tuple] = []
+        changes = []
+        for alert in alerts:
+            key = (alert.fingerprint, alert.starts_at.text)
+            labels = _canonical(alert.labels)
+            annotations = _canonical(alert.annotations)
+            ends_text = alert.ends_at.text if alert.ends_at else None
+            ends_ts = alert.ends_at.epoch if alert.ends_at else None
+            row = current.get(key)
+            if row is None:
+                inserts.append((*key, alert.starts_at.epoch, alert.alertname, alert.status, ends_text, ends_ts,
+                                labels, annotations, alert.generator_url, at, at))
+                transitions.append((*key, alert.status, at, ends_text))
+                current[key] = (alert.status, labels, annotations, ends_text)
+                kind = "new"
+            elif row[0] == "resolved" and alert.status == "firing":
+                kind = "unchanged"  # a late retry of an older notification: resolved is final
+            elif row[0] != alert.status:
+                updates.append((alert.status, ends_text, ends_ts, labels, annotations, at, *key))
+                transitions.append((*key, alert.status, at, ends_text))
+                current[key] = (alert.status, labels, annotations, ends_text)
+                kind = "transition"
+            elif (row[1], row[2]) != (labels, annotations) or (alert.status == "resolved" and row[3] != ends_text):
+                kept_ends = row[3] if alert.status == "firing" else ends_text
+                # same status (else the branch above): only the content and, once resolved, the end
+                updates.append((alert.status, kept_ends, None if alert.status == "firing" else ends_ts,
+                                labels, annotations, at, *key))
+                current[key] = (row[0], labels, annotations, kept_ends)
+                kind = "updated"
+            else:
+                kind = "unchanged"
+            changes.append(Change(alert, kind))
+        # Inserts are of keys not stored yet and precede any update of the same key; updates and
+        # transitions keep their arrival order: the same table as running them one by one.
+        if inserts:
+            conn.executemany(
                 "INSERT INTO alerts (fingerprint, starts_at, starts_at_ts, alertname, status, ends_at,"
                 " ends_at_ts, labels, annotations, generator_url, received_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (*key, alert.starts_at.epoch, alert.alertname, alert.status, ends_text, ends_ts, labels,
-                 annotations, alert.generator_url, at, at))
-            conn.execute("INSERT INTO alert_transitions (fingerprint, starts_at, status, at, ends_at)"
-                         " VALUES (?,?,?,?,?)", (*key, alert.status, at, ends_text))
-            return "new"
-        if row["status"] == "resolved" and alert.status == "firing":
-            return "unchanged"  # a late retry of an older notification: resolved is final
-        if row["status"] != alert.status:
-            conn.execute("UPDATE alerts SET status=?, ends_at=?, ends_at_ts=?, labels=?, annotations=?,"
-                         " updated_at=? WHERE fingerprint=? AND starts_at=?",
-                         (alert.status, ends_text, ends_ts, labels, annotations, at, *key))
-            conn.execute("INSERT INTO alert_transitions (fingerprint, starts_at, status, at, ends_at)"
-                         " VALUES (?,?,?,?,?)", (*key, alert.status, at, ends_text))
-            return "transition"
-        if (row["labels"], row["annotations"]) != (labels, annotations) or (
-                alert.status == "resolved" and row["ends_at"] != ends_text):
-            conn.execute("UPDATE alerts SET labels=?, annotations=?, ends_at=?, ends_at_ts=?, updated_at=?"
-                         " WHERE fingerprint=? AND starts_at=?",
-                         (labels, annotations, row["ends_at"] if alert.status == "firing" else ends_text,
-                          None if alert.status == "firing" else ends_ts, at, *key))
-            return "updated"
-        return "unchanged"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", inserts)
+        if updates:
+            conn.executemany("UPDATE alerts SET status=?, ends_at=?, ends_at_ts=?, labels=?, annotations=?,"
+                             " updated_at=? WHERE fingerprint=? AND starts_at=?", updates)
+        if transitions:
+            conn.executemany("INSERT INTO alert_transitions (fingerprint, starts_at, status, at, ends_at)"
+                             " VALUES (?,?,?,?,?)", transitions)
+        return changes
 
     def list(self, status: str | None = None, alertname: str | None = None, since: float | None = None,
              limit: int = 1000) -> list[dict[str, Any]]:
