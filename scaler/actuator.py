@@ -289,6 +289,7 @@ class Actuator:
             self._bbb_client(slot, entry).get_meetings()
         except ClientError as exc:
             raise _Refused(f"BBB API of {entry.host} not answering yet ({exc.kind})") from None
+        self._step("enable:checked", action)
         self.scalelite.enable(entry.id)
         return f"enabled {entry.host}"
 
@@ -308,6 +309,7 @@ class Actuator:
         if entry.online and not others:
             raise _Refused(f"{entry.host} is the last online enabled server")
         self.scalelite.cordon(entry.id)
+        self._step("cordon:done", action)
         return f"cordoned {entry.host}"
 
     def _do_end_meeting(self, action: Action) -> str:
@@ -340,6 +342,7 @@ class Actuator:
         why = self._check_no_meeting(slot, vm, entry)
         self._step("panic:checked", action)
         self.scalelite.panic(entry.id)
+        self._step("panic:done", action)
         return f"panicked {entry.host} ({why})"
 
     def _check_terminable(self, action: Action) -> tuple[VM, str]:
