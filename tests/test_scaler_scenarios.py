@@ -196,6 +196,7 @@ def test_plan_sends_no_write_to_any_service(bed):
     assert plan_command(settings, list(settings.pools), as_json=False, out=out) == 0
     text = out.getvalue()
     assert "clone" in text and "load" in text and "final" in text and "participants" in text
+    assert not any(secret in text for secret in pool.environment().values())
     methods = {m for m, _, _ in pool.scaleway.requests} | {m for m, _ in scalelite_calls}
     assert pool.scaleway.requests and scalelite_calls  # it did read both
     assert methods == {"GET"}, methods
