@@ -80,3 +80,40 @@ def test_kill_9_mid_cycle_then_recovery_with_no_duplicate_and_no_orphan(bed):
     s = make_scaler(settings)
     converge(s, w, lambda: enabled_slots(w) == {1} and len(vm_names(w)) == 1 and orphans(w) == ([], []))
     assert_no_duplicate(w)
+
+
+def test_run_serves_metrics_and_stops_cleanly_on_sigterm(bed):
+    import socket
+
+    import requests
+
+    pool, _, settings = bed
+    path = next(Path(pool.workdir).parent.glob("divims.yml"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    p = divims(["scaler", "run", "--config", str(path), "--listen", f"127.0.0.1:{port}"], pool.environment())
+    try:
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                if "divims_scaler_last_cycle_timestamp_seconds{" in text:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        assert 'divims_scaler_desired_servers{pool="testbed",term="final"} 1.0' in text
+        assert 'divims_scaler_actions_total{action="clone",pool="testbed",result="ok"} 1.0' in text
+        for secret in pool.environment().values():
+            assert secret not in text
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+        p.stdout.close()
+        p.stderr.close()
+    assert not list(Path(settings.scaler.state_dir).glob("*.lease"))  # released on the way out
