@@ -119,3 +119,36 @@ def test_group_commit_isolates_a_failing_caller(tmp_path):
     rows = {r[0] for r in db.query("SELECT k FROM t")}
     assert rows == {0} | {i + 1 for i in range(12) if i != 5}
     db.close()
+
+
+def test_group_commit_batches_the_callers_that_wait(tmp_path):
+    """Callers arriving while a commit runs share the next one: 20 callers, 2 transactions."""
+    db = Database(tmp_path / "g.sqlite")
+    db.executescript("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    batches: list[int] = []
+    run_batch = db._run_batch
+    db._run_batch = lambda batch: (batches.append(len(batch)), run_batch(batch))[1]
+    others_queued = threading.Event()
+
+    def first(c):
+        # hold the first commit open until the 19 others are queued behind it
+        deadline = time.monotonic() + 10
+        while len(db._batch) < 19 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        others_queued.set()
+        return c.execute("INSERT INTO t VALUES (0)").rowcount
+
+    leader = threading.Thread(target=db.batched, args=(first,))
+    leader.start()
+    while not batches:
+        time.sleep(0.001)
+    threads = [threading.Thread(target=db.batched, args=(lambda c, i=i: c.execute("INSERT INTO t VALUES (?)", (i,)),))
+               for i in range(1, 20)]
+    for t in threads:
+        t.start()
+    for t in threads + [leader]:
+        t.join(15)
+    assert others_queued.is_set()
+    assert batches == [1, 19]
+    assert db.query("SELECT COUNT(*) FROM t")[0][0] == 20
+    db.close()
