@@ -51,7 +51,7 @@ class Exporter:
 def start_exporter(settings: Any, listen: str | None = None) -> Exporter:
     """Builds the sources of every configured pool, starts the poll loop and the HTTP server."""
     from exporter.poll import Poller, sources_from_config
-    from exporter.server import MetricsApp, MetricsServer, build_registry
+    from exporter.server import MetricsApp, MetricsServer, build_registry, prefer_scrapes
 
     cfg = settings.exporter
     host, port = parse_listen(listen or cfg.listen)
@@ -68,6 +68,7 @@ def start_exporter(settings: Any, listen: str | None = None) -> Exporter:
     except OSError as exc:
         poller.stop()
         raise ConfigError([f"exporter.listen: cannot listen on {host}:{port} ({exc.strerror or exc})"]) from None
+    prefer_scrapes()
     poller.start()
     server.start()
     log.info("exporter started: %d pool(s), every %gs, concurrency %d, on %s",
