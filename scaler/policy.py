@@ -26,6 +26,7 @@ DEFAULT_TARGET_UTILIZATION = 0.85
 # how far above the schedule's or history's expected peak a foretold ramp may be extrapolated
 EXPECTED_MARGIN = 0.10
 SPARE_FROM_SERVERS = 0.5
+DECLINE_FRACTION = 0.05
 HISTORY_SMOOTHING = 10.0
 MAX_HISTORY_RATIO = 1.5
 
@@ -47,6 +48,9 @@ class PolicyParams:
     target_utilization: float = DEFAULT_TARGET_UTILIZATION
     request_default_seconds: float = 1800.0
     spare_servers: int = 1               # whole servers kept free once the load passes half a server
+    decline_utilization: float = 0.95    # the fill planned while the load declines
+    growth_utilization: float = 0.85     # the fill planned while it grows
+    max_growth_fraction: float | None = None  # cap of the extrapolated growth over one horizon
 
     @classmethod
     def from_config(cls, pool: Any, scaler: Any, **overrides: Any) -> PolicyParams:
@@ -126,20 +130,33 @@ def load_term(signals: Signals, params: PolicyParams, expected_peak: float | Non
     growth = max(0.0, float(g.value)) if g.known else 0.0
     ahead = participants + growth * params.horizon_seconds
     capped = ""
+    if params.max_growth_fraction is not None and ahead > participants * (1 + params.max_growth_fraction):
+        ahead = participants * (1 + params.max_growth_fraction)
+        capped = f", growth capped at +{params.max_growth_fraction:.0%}"
     if expected_peak is not None and participants <= expected_peak:
         cap = max(participants, expected_peak * (1 + EXPECTED_MARGIN))
         if ahead > cap:
             ahead, capped = cap, f", capped at the expected {expected_peak:.0f}+{EXPECTED_MARGIN:.0%}"
     meetings_ahead = meetings * (ahead / participants) if participants > 0 else meetings
-    servers = servers_for(ahead, meetings_ahead, params, params.target_utilization)
-    if params.spare_servers and ahead >= params.participants_per_server * SPARE_FROM_SERVERS:
+    # a sustained decline (the load would lose more than DECLINE_FRACTION within the horizon)
+    # brings few new meetings: the room kept for growth and uneven placement can go
+    change = float(g.value or 0) * params.horizon_seconds if g.known else 0.0
+    declining = change < -DECLINE_FRACTION * participants
+    # while it grows, meetings get bigger after Scalelite placed them: keep more room per server
+    growing = change > DECLINE_FRACTION * participants
+    u = (max(params.target_utilization, params.decline_utilization) if declining
+         else min(params.target_utilization, params.growth_utilization) if growing
+         else params.target_utilization)
+    servers = servers_for(ahead, meetings_ahead, params, u)
+    if params.spare_servers and not declining and ahead >= params.participants_per_server * SPARE_FROM_SERVERS:
         # N+1: a small pool also keeps one whole server free, so the first minutes of a surge
         # nobody foretold find room (meetings never move off the server they started on)
         servers = max(servers, servers_for(ahead, meetings_ahead, params) + params.spare_servers)
-    note = f"growth {growth * 60:.1f}/min" if g.known else "growth unknown, taken as 0"
+    note = (f"growth {float(g.value or 0) * 60:.1f}/min{' (declining)' if declining else ''}" if g.known
+            else "growth unknown, taken as 0")
     return Term("load", servers, f"{participants:.0f} participants, {meetings:.0f} meetings, {note}: "
                                  f"{ahead:.0f} expected in {params.horizon_seconds:.0f} s{capped} at "
-                                 f"{params.target_utilization:.0%} of capacity")
+                                 f"{u:.0%} of capacity")
 
 
 def schedule_term(floor: Floor | None, params: PolicyParams) -> Term:
@@ -223,13 +240,23 @@ def expected_participants(signals: Signals, floor: Floor | None) -> float | None
     return max(values) if values else None
 
 
-def damp(raw: int, now: float, state: PolicyState, params: PolicyParams) -> tuple[int, PolicyState, str]:
-    """final = max(raw, desired values of the last scale_in_window seconds): scale-out at once,
-    scale-in only as far as the highest recent value allows (HPA's stabilization window)."""
+def damp(raw: int, now: float, state: PolicyState, params: PolicyParams,
+         active: int | None = None) -> tuple[int, PolicyState, str]:
+    """Scale out at once, scale in only as far as the highest desired value of the last
+    scale_in_window seconds allows (HPA's stabilization window):
+        final = raw                              if raw >= active
+        final = min(active, max(window values))  otherwise
+    The window's highest value only holds servers that exist: it never orders new ones (a transient
+    peak that has passed must not clone servers nobody needs any more). With `active` None, the
+    window's highest value is the answer."""
     since = now - params.scale_in_window_seconds
     history = tuple(h for h in state.history if h[0] > since) + ((now, raw),)
-    final = max(v for _, v in history)
-    reason = "" if final == raw else f"scale-in damped: {final} wanted in the last {params.scale_in_window_seconds:.0f} s"
+    highest = max(v for _, v in history)
+    if active is None or raw >= active:
+        final = raw if active is not None else highest
+    else:
+        final = max(raw, min(active, highest))
+    reason = "" if final == raw else f"scale-in damped: {highest} wanted in the last {params.scale_in_window_seconds:.0f} s"
     return final, replace(state, history=history), reason
 
 
@@ -260,7 +287,7 @@ def decide(snapshot: Snapshot, params: PolicyParams, state: PolicyState,
         return (Decision(tuple(terms), final, active, holds + ("no term known: holding",),
                          "no term could be computed"), state)
     raw = clamp(max(known), params)
-    final, state, damp_reason = damp(raw, snapshot.now, state, params)
+    final, state, damp_reason = damp(raw, snapshot.now, state, params, active)
     reasons = [f"max of terms = {max(known)}, clamped to {raw}"]
     if damp_reason:
         reasons.append(damp_reason)

@@ -160,6 +160,7 @@ class Simulation:
         self.state = policy.PolicyState()
         self.replacements: list[float] = []
         self.history: list[tuple[float, float, float]] = []  # (time, participants, meetings) per minute
+        self.envelope: list[float] = []  # participants' running maximum over ENVELOPE_SECONDS, per minute
         self.result = Result(policy_name, trace.name)
         self.actions: Counter[str] = Counter()
         self.static_servers = self._peak_need()
@@ -167,6 +168,7 @@ class Simulation:
         self.domains = {n: pool.slot_domain(n) for n in range(1, pool.size.max + 1)}
         self.slot_of_domain = {d: n for n, d in self.domains.items()}
         self.meeting_servers: dict[str, str | None] = {}
+        self._empty = {n: SlotState(n, pool.slot_name(n), d) for n, d in self.domains.items()}
 
     # --- setup ------------------------------------------------------------------------------
     def _peak_need(self) -> int:
@@ -253,6 +255,8 @@ class Simulation:
                                                                       self.params), self.params) / 60.0
         r.peak_servers = max(r.peak_servers, len(self.vms))
         self.history.append((now, float(total), float(len(self.load.meetings))))
+        k = int(round(ENVELOPE_SECONDS / STEP))
+        self.envelope.append(max(h[1] for h in self.history[-k:]))
         for slot in self.vms:
             e = self.entries.get(slot)
             hosted = self.domains[slot] in hosting
@@ -289,11 +293,10 @@ class Simulation:
         running maximum over ENVELOPE_SECONDS (PromQL: deriv(max_over_time(P[10m])[window:1m])).
         The running maximum hides the dip of the on-the-hour rebound, so only new highs count."""
         n = int(round(window / STEP))
-        k = int(round(ENVELOPE_SECONDS / STEP))
         end = len(self.history) - int(round(SCRAPE_LAG_SECONDS / STEP))
         if end - n < 0:
             return None
-        ys = [max(h[1] for h in self.history[max(0, i - k + 1):i + 1]) for i in range(end - n, end)]
+        ys = self.envelope[end - n:end]
         xm = (n - 1) / 2.0
         ym = sum(ys) / n
         num = sum((i - xm) * (y - ym) for i, y in enumerate(ys))
@@ -343,6 +346,9 @@ class Simulation:
         for n in range(1, self.pool.size.max + 1):
             domain = self.domains[n]
             sv = self.vms.get(n)
+            if sv is None and n not in self.entries:
+                slots.append(self._empty[n])
+                continue
             vm = None if sv is None else VM(
                 sv.id, self.pool.slot_name(n), VMState.RUNNING if sv.state == "running" else VMState.STARTING,
                 ctype, self.pool.scaleway.zone, pool_tags(self.pool.name, n), sv.created, sv.modified)
@@ -370,7 +376,7 @@ class Simulation:
             floor = schedule_floor(self.pool.schedule, snap.now, 0.0, self.pool.pool_capacity)
             decision, self.state = policy.decide_classic(snap, self.params, self.state, floor)
             return decision
-        floor = schedule_floor(self.pool.schedule, snap.now, self.params.boot_time_seconds, self.pool.pool_capacity)
+        floor = schedule_floor(self.pool.schedule, snap.now, self.params.horizon_seconds, self.pool.pool_capacity)
         decision, self.state = policy.decide(snap, self.params, self.state, floor)
         return decision
 
