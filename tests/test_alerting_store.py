@@ -125,3 +125,14 @@ def test_the_history_survives_a_restart(tmp_path):
     assert again.count() == 2
     assert [c.kind for c in again.record(parsed(alert("A"), alert("B")), 2.0)] == ["unchanged"] * 2
     again.close()
+
+
+def test_stored_label_spelling_is_sorted_compact_json():
+    # the spelling is compared with what earlier versions stored: it must stay json.dumps's
+    import json
+
+    from alerting.store import _canonical
+
+    labels = {"zeta": "é \"q\" \\ \n", "alpha": "1", "emoji": "🔥", "": ""}
+    assert _canonical(labels) == json.dumps(labels, sort_keys=True, separators=(",", ":"))
+    assert json.loads(_canonical(labels)) == labels
