@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from alerting.cli import DEFAULT_THREADS
+
 TOKEN = "bench-token-0123456789"
 
 
@@ -162,6 +164,7 @@ def run(notifications: int, alerts: int, senders: int, processes: int, threads: 
             per_sender = notifications // senders
             load_before = load_text()
             cpu_before = process_cpu_seconds(server.pid)
+            senders_before = os.times()
             groups = [list(range(senders))[i::processes] for i in range(processes)]
             out: mp.Queue = mp.Queue()
             started = time.perf_counter()
@@ -174,6 +177,7 @@ def run(notifications: int, alerts: int, senders: int, processes: int, threads: 
                 p.join()
             elapsed = time.perf_counter() - started
             cpu_after = process_cpu_seconds(server.pid)
+            senders_after = os.times()  # the sender processes are joined; the server is not reaped yet
             load_after = load_text()
         finally:
             server.terminate()
@@ -193,7 +197,9 @@ def run(notifications: int, alerts: int, senders: int, processes: int, threads: 
                 "mean_ms": statistics.fmean(latencies) * 1000, "load_before": load_before,
                 "load_after": load_after,
                 "server_cpu_ms": None if cpu_before is None or cpu_after is None
-                else (cpu_after - cpu_before) / sent * 1000}
+                else (cpu_after - cpu_before) / sent * 1000,
+                "senders_cpu_ms": (senders_after.children_user + senders_after.children_system
+                                   - senders_before.children_user - senders_before.children_system) / sent * 1000}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=50, help="concurrent senders")
     parser.add_argument("--processes", type=int, default=min(4, os.cpu_count() or 2),
                         help="sender processes (the senders are threads spread over them)")
-    parser.add_argument("--threads", type=int, default=8, help="waitress threads of the receiver")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"waitress threads of the receiver (default {DEFAULT_THREADS}, as divims webhook)")
     parser.add_argument("--small", action="store_true", help="300 notifications from 10 senders")
     args = parser.parse_args(argv)
     if args.small:
@@ -219,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         ("latency p50 / p95 / p99", f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f} ms"),
         ("latency mean / max", f"{r['mean_ms']:.1f} / {r['max_ms']:.1f} ms"),
         ("server CPU per notification", "unknown" if r["server_cpu_ms"] is None else f"{r['server_cpu_ms']:.2f} ms"),
+        ("senders' CPU per notification", f"{r['senders_cpu_ms']:.2f} ms (same machine)"),
         ("receiver threads", str(args.threads)),
         ("machine load before", r["load_before"]),
         ("machine load after", r["load_after"]),
