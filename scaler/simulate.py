@@ -188,7 +188,7 @@ class Simulation:
     def _initial(self, t0: float) -> None:
         p, m = self.trace.at(t0)
         n = self.static_servers if self.policy_name == "static" else \
-            policy.clamp(policy.servers_for(p, m, self.params), self.params)
+            policy.clamp(policy.servers_for(p, m, self.params, self.params.target_utilization), self.params)
         for slot in range(1, n + 1):
             # already running (and paid since an hour) when the trace starts
             self._start_vm(slot, t0 - 3600, 0.0, paid_since=t0 - 3600)
