@@ -181,6 +181,7 @@ class _PoolState:
     """What the poller remembers of a pool between cycles (the loop's own mutable state)."""
 
     servers: tuple[ScaleliteServer, ...] = ()
+    where: dict[str, tuple[str, int]] = field(default_factory=dict)  # url -> (host, slot) of `servers`
     scalelite_ok_once: bool = False
     clients: dict[tuple[str, str, str], MeetingsSource] = field(default_factory=dict)
     ssh_clients: dict[str, HostStatsSource] = field(default_factory=dict)
@@ -299,12 +300,13 @@ class Poller:
         scalelite_seconds = time.monotonic() - t0
         scalelite_up = not isinstance(listed, BaseException)
         if scalelite_up:
-            st.servers = tuple(s for s in listed if p.slot_of_host(s.host) is not None)
+            st.servers = self._ours(p, st, listed)
             st.scalelite_ok_once = True
             st.last_success[SOURCE_SCALELITE] = self.clock()
         self._record(p.name, SOURCE_SCALELITE, "", listed)
         servers = st.servers
         self._prune(p, st, servers)
+        where = st.where
 
         # BBB API of each server (and SSH when due) on the bounded worker pool.
         t1 = time.monotonic()
@@ -312,17 +314,18 @@ class Poller:
         ssh_calls: dict[tuple[str, str, str], _Call] = {}
         now = self.clock()
         for s in servers:
+            host = where[s.url][0]
             client = self._client(p, st, s)
-            bbb_calls[(p.name, SOURCE_BBB, s.host)] = self._submit(
-                self._workers, (p.name, SOURCE_BBB, s.host), lambda c=client: _timed(c.get_meetings),
-                self.timeout_seconds + GRACE_SECONDS)
-            if p.host_stats is not None and now >= st.ssh_due.get(s.host, 0.0):
-                st.ssh_due[s.host] = now + self.ssh_interval_seconds
-                ssh_client = st.ssh_clients.get(s.host)
+            key = (p.name, SOURCE_BBB, host)
+            bbb_calls[key] = self._submit(self._workers, key, lambda c=client: _timed(c.get_meetings),
+                                          self.timeout_seconds + GRACE_SECONDS)
+            if p.host_stats is not None and now >= st.ssh_due.get(host, 0.0):
+                st.ssh_due[host] = now + self.ssh_interval_seconds
+                ssh_client = st.ssh_clients.get(host)
                 if ssh_client is None:
-                    ssh_client = st.ssh_clients[s.host] = p.host_stats(s.host)
-                ssh_calls[(p.name, SOURCE_SSH, s.host)] = self._submit(
-                    self._workers, (p.name, SOURCE_SSH, s.host), ssh_client.stats,
+                    ssh_client = st.ssh_clients[host] = p.host_stats(host)
+                ssh_calls[(p.name, SOURCE_SSH, host)] = self._submit(
+                    self._workers, (p.name, SOURCE_SSH, host), ssh_client.stats,
                     2 * p.ssh_timeout_seconds + GRACE_SECONDS)  # connect, then the command
         bbb_results = self._collect(bbb_calls, budget_end)
         bbb_seconds = time.monotonic() - t1
@@ -332,24 +335,24 @@ class Poller:
         samples = []
         bbb_any_ok = not servers
         for s in servers:
-            result = bbb_results[(p.name, SOURCE_BBB, s.host)]
-            self._record(p.name, SOURCE_BBB, s.host, result)
+            host, slot = where[s.url]
+            result = bbb_results[(p.name, SOURCE_BBB, host)]
+            self._record(p.name, SOURCE_BBB, host, result)
             if isinstance(result, BaseException):
-                st.bbb_errors[s.host] = st.bbb_errors.get(s.host, 0) + 1
+                st.bbb_errors[host] = st.bbb_errors.get(host, 0) + 1
                 bbb = BBBSample(up=False, error_kind=_kind(result))
             else:
                 meetings, latency = result
                 bbb = BBBSample(up=True, totals=MeetingTotals.of(meetings), latency_seconds=latency)
                 bbb_any_ok = True
-            ssh_key = (p.name, SOURCE_SSH, s.host)
+            ssh_key = (p.name, SOURCE_SSH, host)
             if ssh_key in ssh_results:
                 sres = ssh_results[ssh_key]
-                self._record(p.name, SOURCE_SSH, s.host, sres)
-                st.ssh[s.host] = (SSHSample(up=False, error_kind=_kind(sres), taken_at=now)
+                self._record(p.name, SOURCE_SSH, host, sres)
+                st.ssh[host] = (SSHSample(up=False, error_kind=_kind(sres), taken_at=now)
                                   if isinstance(sres, BaseException)
                                   else SSHSample(up=True, stats=sres, taken_at=now))
-            samples.append(ServerSample(server=s.host, slot=p.slot_of_host(s.host) or 0, scalelite=s,
-                                        bbb=bbb, ssh=st.ssh.get(s.host)))
+            samples.append(ServerSample(server=host, slot=slot, scalelite=s, bbb=bbb, ssh=st.ssh.get(host)))
         if bbb_any_ok:
             st.last_success[SOURCE_BBB] = self.clock()
         if ssh_calls and any(s.up for s in st.ssh.values()):
@@ -428,10 +431,28 @@ class Poller:
             client = st.clients[key] = p.bbb_client(s)
         return client
 
+    def _ours(self, p: PoolSources, st: _PoolState,
+              listed: Sequence[ScaleliteServer]) -> tuple[ScaleliteServer, ...]:
+        """The listed servers inside domain_template; remembers each URL's host and slot (parsing a URL
+        and matching the template cost more than the rest of a poll, so once per URL, not per cycle)."""
+        where: dict[str, tuple[str, int]] = {}
+        ours = []
+        for s in listed:
+            known = st.where.get(s.url)
+            if known is None:
+                host = s.host
+                slot = p.slot_of_host(host)
+                known = (host, slot) if slot is not None else None
+            if known is not None:
+                where[s.url] = known
+                ours.append(s)
+        st.where = where  # only the URLs listed now: the map never grows past the pool
+        return tuple(ours)
+
     def _prune(self, p: PoolSources, st: _PoolState, servers: tuple[ScaleliteServer, ...]) -> None:
         """Forgets the clients and SSH samples of servers Scalelite no longer lists."""
         ids = {s.id for s in servers}
-        hosts = {s.host for s in servers}
+        hosts = {st.where[s.url][0] for s in servers}
         for key in [k for k in st.clients if k[0] not in ids]:
             _close(st.clients.pop(key))
         for host in [h for h in st.ssh_clients if h not in hosts]:
