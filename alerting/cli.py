@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             log.error("configuration: %s", problem)
         return 2
     _setup_logging(settings)
+    logging.getLogger("waitress.queue").addFilter(_AtMostEvery(10.0))
     webhook = settings.alerting.webhook
     if webhook is None:
         log.error("configuration: alerting.webhook: not configured (set its token and database)")
@@ -156,6 +157,29 @@ def run(args: argparse.Namespace) -> int:
     db.close()
     log.info("webhook: stopped")
     return 0
+
+
+class _AtMostEvery(logging.Filter):
+    """Lets one record through per `seconds` (and counts the ones it drops into the next). waitress
+    warns "Task queue depth is N" for every request it queues while all threads are busy: under a
+    burst that is a line per request, costing CPU when it is scarcest and burying other lines."""
+
+    def __init__(self, seconds: float, clock: Any = time.monotonic):
+        super().__init__()
+        self.seconds = seconds
+        self._clock = clock
+        self._next = 0.0
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        if now < self._next:
+            self._dropped += 1
+            return False
+        if self._dropped:
+            record.msg = f"{record.msg} ({self._dropped} similar warnings in the last {self.seconds:.0f} s)"
+        self._next, self._dropped = now + self.seconds, 0
+        return True
 
 
 def _setup_logging(settings: Any) -> None:

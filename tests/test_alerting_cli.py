@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import subprocess
@@ -152,3 +153,21 @@ def test_group_commit_batches_the_callers_that_wait(tmp_path):
     assert batches == [1, 19]
     assert db.query("SELECT COUNT(*) FROM t")[0][0] == 20
     db.close()
+
+
+def test_waitress_queue_warnings_are_rate_limited_not_lost():
+    from alerting.cli import _AtMostEvery
+
+    now = [100.0]
+    limit = _AtMostEvery(10.0, clock=lambda: now[0])
+
+    def record(depth: int) -> logging.LogRecord:
+        return logging.LogRecord("waitress.queue", logging.WARNING, __file__, 1, "Task queue depth is %d",
+                                 (depth,), None)
+
+    assert limit.filter(record(1))
+    assert not any(limit.filter(record(d)) for d in range(2, 6))
+    now[0] += 10.0
+    last = record(9)
+    assert limit.filter(last)
+    assert last.getMessage() == "Task queue depth is 9 (4 similar warnings in the last 10 s)"
