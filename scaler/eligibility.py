@@ -173,12 +173,14 @@ def no_unfinished_recordings(slot: SlotState) -> Check:
 
 
 def billed_minimum_reached(slot: SlotState, now: float, rules: Rules) -> Check:
-    """At least min_billed_seconds since power-on: Scaleway bills each power-on period >= 1 hour."""
+    """At least min_billed_seconds since power-on (Scaleway bills each power-on period >= 1 hour),
+    less the paid-hour margin when there is one: stopping in the last minutes of the minimum hour
+    uses it up, while waiting past it would start a second paid hour."""
     start = billing_start(slot, rules)
     if start is None:
         return Check(True, "")
     age = now - start
-    ok = age >= rules.min_billed_seconds
+    ok = age >= rules.min_billed_seconds - (rules.paid_hour_margin_seconds or 0.0)
     return Check(ok, "" if ok else f"powered on {age / 60:.0f} min ago, minimum {rules.min_billed_seconds / 60:.0f}")
 
 

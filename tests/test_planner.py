@@ -112,7 +112,8 @@ def test_named_checks(check, s, ok, words):
 
 @pytest.mark.parametrize("age, billed_ok, near_end", [
     (1800, False, False),      # half an hour: not billed enough
-    (3500, False, True),       # 100 s before the end of the first (minimum) hour
+    (3300, False, False),      # 5 min before the end of the minimum hour
+    (3500, True, True),        # 100 s before it: the minimum hour is used up
     (3700, True, False),       # just started a second paid hour
     (7100, True, True),
 ])

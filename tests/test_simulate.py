@@ -159,20 +159,20 @@ def test_goal_school_week():
     assert d["server_hours"] <= 1.5 * d["lower_bound_server_hours"]
 
 
-@pytest.mark.parametrize("trace", ["conference-day", "webinar-evening"])
+WEBINAR_MISS = pytest.mark.xfail(strict=True, reason=(
+    "webinar-evening (a known miss, see docs/backtest.md): DiViMS's x2 leaves every server under capacity "
+    "on the smooth ramp, while every variant of ours near 0.7x its cost spilled 0.1-0.3% of participant-minutes on "
+    "uneven meeting sizes; ours is 0.73x"))
+VS_CLASSIC = ["conference-day", pytest.param("webinar-evening", marks=WEBINAR_MISS)]
+
+
+@pytest.mark.parametrize("trace", VS_CLASSIC)
 def test_goal_no_more_shortfall_than_classic(trace):
     d, c = result(trace, "default"), result(trace, "divims-classic")
-    if trace == "webinar-evening" and d["shortfall_participant_minutes"] > c["shortfall_participant_minutes"]:
-        pytest.xfail("webinar-evening: DiViMS's x2 leaves no server over capacity on the smooth ramp; "
-                     "default spills ~0.3% of participant-minutes on uneven meeting sizes (docs/backtest.md)")
     assert d["shortfall_participant_minutes"] <= c["shortfall_participant_minutes"]
 
 
-@pytest.mark.parametrize("trace", ["conference-day", "webinar-evening"])
+@pytest.mark.parametrize("trace", VS_CLASSIC)
 def test_goal_server_hours_at_most_0_7_of_classic(trace):
     d, c = result(trace, "default"), result(trace, "divims-classic")
-    ratio = d["server_hours"] / c["server_hours"]
-    if ratio > 0.7:
-        pytest.xfail(f"{trace}: {ratio:.2f}x divims-classic (goal 0.7x): drains of 30-90 min meetings "
-                     "and hourly billing after each peak (docs/backtest.md)")
-    assert ratio <= 0.7
+    assert d["server_hours"] <= 0.7 * c["server_hours"]
