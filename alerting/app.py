@@ -157,6 +157,8 @@ def create_app(settings: Any, store: AlertStore, requests_queue: RequestQueue | 
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             return reject(400, "malformed_json", f"malformed JSON: {exc}"[:200])
+        except RecursionError:  # nested deeper than Python's json parser goes: not an Alertmanager payload
+            return reject(400, "malformed_json", "malformed JSON: nested too deeply")
         try:
             notification = parse_notification(body)
         except PayloadError as exc:
