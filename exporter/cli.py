@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -48,16 +49,32 @@ class Exporter:
         self.poller.stop()
 
 
-def start_exporter(settings: Any, listen: str | None = None) -> Exporter:
-    """Builds the sources of every configured pool, starts the poll loop and the HTTP server."""
-    from exporter.poll import Poller, sources_from_config
+def pools_from_settings(settings: Any) -> list[Any]:
+    """The real sources of every configured pool (`exporter.poll.PoolSources`)."""
+    from exporter.poll import sources_from_config
+
+    return [sources_from_config(pool, settings.exporter) for pool in settings.pools]
+
+
+def start_exporter(settings: Any, listen: str | None = None, *, in_process: bool = False) -> Exporter:
+    """Starts the poll loop (in a child process, see exporter.poll_process; `in_process`: in a thread of
+    this one) and the HTTP server. Raises ConfigError for an address it cannot listen on."""
+    from divims.logsetup import setup_logging
+    from exporter.poll import Poller
+    from exporter.poll_process import PollProcess
     from exporter.server import MetricsApp, MetricsServer, build_registry, prefer_scrapes
 
     cfg = settings.exporter
     host, port = parse_listen(listen or cfg.listen)
-    pools = [sources_from_config(pool, cfg) for pool in settings.pools]
-    poller = Poller(pools, interval_seconds=cfg.interval_seconds, concurrency=cfg.concurrency,
-                    timeout_seconds=cfg.timeout_seconds, ssh_interval_seconds=cfg.ssh_interval_seconds)
+    pools = pools_from_settings(settings)  # here too: a bad pool fails now, not in the child
+    kwargs = dict(interval_seconds=cfg.interval_seconds, concurrency=cfg.concurrency,
+                  timeout_seconds=cfg.timeout_seconds, ssh_interval_seconds=cfg.ssh_interval_seconds)
+    poller: Any = Poller(pools, **kwargs)  # checks the arguments
+    if not in_process:
+        poller.stop()
+        poller = PollProcess(functools.partial(pools_from_settings, settings),
+                             logging_setup=functools.partial(setup_logging, settings.logging.level,
+                                                             settings.secret_values()), **kwargs)
     current = lambda: poller.snapshot  # noqa: E731 - the one accessor the collector and /healthz share
     # /healthz turns 503 when three cycles in a row did not finish
     app = MetricsApp(build_registry(current), current,
@@ -71,8 +88,9 @@ def start_exporter(settings: Any, listen: str | None = None) -> Exporter:
     prefer_scrapes()
     poller.start()
     server.start()
-    log.info("exporter started: %d pool(s), every %gs, concurrency %d, on %s",
-             len(pools), cfg.interval_seconds, cfg.concurrency, server.url)
+    log.info("exporter started: %d pool(s), every %gs, concurrency %d, on %s, polling %s",
+             len(pools), cfg.interval_seconds, cfg.concurrency, server.url,
+             "in this process" if in_process else "in a child process")
     return Exporter(poller, server)
 
 

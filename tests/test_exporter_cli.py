@@ -111,6 +111,10 @@ def test_divims_exporter_cli_against_the_testbed_with_ssh(pool, tmp_path, monkey
         drain.join(timeout=5)
         stderr = "".join(lines)
         assert "exporter stopping" in stderr
+        child = re.search(r"poll process started \(pid (\d+)\)", stderr)
+        assert child, stderr  # the polls ran in a child process...
+        with pytest.raises(ProcessLookupError):  # ...which is gone with its parent
+            os.kill(int(child.group(1)), 0)
         assert "Traceback" not in stderr, stderr
         for secret in pool.environment().values():
             assert secret not in stderr
