@@ -1,14 +1,14 @@
 """The exporter's HTTP side: `/metrics` (the latest snapshot, rendered) and `/healthz`, served by waitress.
 
-The text of `/metrics` only changes when a poll cycle swaps in a new snapshot, so it is rendered once per
-snapshot and format and then served from memory: a scrape looks the bytes up and writes them, even with
-hundreds of servers and 64 poll threads competing for the GIL. The poll thread pre-renders each new
-snapshot (`MetricsApp.prerender`) in every format (and encoding) scrapes asked for during the previous
-snapshot, or in the classic text format when none did, so Prometheus, which asks for gzipped
+The text of `/metrics` only changes when a new snapshot arrives, so it is rendered once per snapshot and
+format and then served from memory: a scrape looks the bytes up and writes them. (`divims exporter` runs
+the poll threads in a process of their own, exporter.poll_process, so they never hold this GIL.) Each new
+snapshot is pre-rendered (`MetricsApp.prerender`) in every format and encoding scrapes asked for during
+the previous snapshot, or in the classic text format when none did: Prometheus, which asks for gzipped
 OpenMetrics, finds its bytes ready; a format not asked for before is rendered at its first request and
-cached for the snapshot. The text and OpenMetrics 1.0.0
-bodies come from `exporter.exposition` (same bytes as prometheus-client, a tenth of the CPU); anything
-else goes through the prometheus-client registry. Process metrics in the body are as of the render.
+cached for the snapshot. Text 0.0.4 and OpenMetrics 1.0.0 bodies come from `exporter.exposition` (the
+same bytes as prometheus-client, a sixth of the CPU); any other format goes through the
+prometheus-client registry. Process metrics in the body are as of the render.
 """
 
 from __future__ import annotations
