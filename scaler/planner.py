@@ -215,7 +215,10 @@ def _scale_out(snapshot: Snapshot, b: _Builder, phases: dict[int, Phase], health
         if done >= need:
             break
         if s.scalelite is None:
+            # its entry is added this cycle (repairs) and it is enabled next cycle: it counts as
+            # coming capacity, or every new server would cost a second, needless clone
             b.waits.append(f"slot {s.slot}: enable after its Scalelite entry is added")
+            done += 1
             continue
         if not b.add(A.ENABLE, s, "scale out: BBB answers, enable in Scalelite", server_id=s.scalelite.id):
             break

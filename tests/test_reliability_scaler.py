@@ -43,7 +43,7 @@ def two_servers_one_busy(scaler, w) -> None:
     """Slot 1 keeps a meeting and an unfinished recording; slot 2 goes idle (the scale-in candidate)."""
     converge(scaler, w, lambda: enabled_slots(w) == {1})
     add_meetings(w, 1, 4, 100)  # 400 participants -> 2 servers
-    converge(scaler, w, lambda: len(enabled_slots(w)) == 2, cycles=60)
+    converge(scaler, w, lambda: len(enabled_slots(w)) >= 2, cycles=60)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -168,6 +168,7 @@ def test_prometheus_empty_or_stale_holds_scale_in_with_the_reason(bed, kind):
     two_servers_one_busy(s, w)
     with w.lock:
         w.bbb_hosts[w.domain(1)].meetings.clear()
+    before = len(enabled_slots(w))
     provider = prom.provider
     if kind == "empty":
         prom.provider = lambda q: []
@@ -180,7 +181,7 @@ def test_prometheus_empty_or_stale_holds_scale_in_with_the_reason(bed, kind):
         assert not any(a.kind in DESTRUCTIVE for a in outcome.plan.actions)
         holds.update(outcome.plan.decision.holds)
         time.sleep(0.08)
-    assert len(enabled_slots(w)) == 2 and holds
+    assert len(enabled_slots(w)) == before and holds
     prom.provider = provider
     converge(s, w, lambda: len(vm_names(w)) == 1, cycles=80)
     record_figure("4", f"Prometheus {kind}: 0 scale-in actions in 6 cycles, holds shown: {sorted(holds)}; "
