@@ -201,6 +201,7 @@ class LifecycleConfig(_Model):
     recycle_uptime_seconds: Duration = 7 * 86400.0
     unresponsive_after_seconds: Duration = 360.0
     min_billed_seconds: Duration = 3600.0
+    billing_hour_seconds: Annotated[float, Field(gt=0), BeforeValidator(parse_duration)] = 3600.0
     replacements_per_hour: Annotated[int, Field(ge=0)] = 2
     maintenance: list[PositiveInt] = []
     maintenance_file: str | None = None

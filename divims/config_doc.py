@@ -43,6 +43,7 @@ DESCRIPTIONS = {
     "pools[].lifecycle.recycle_uptime_seconds": "a server is recycled after this uptime",
     "pools[].lifecycle.unresponsive_after_seconds": "running this long and offline/API down: unresponsive",
     "pools[].lifecycle.min_billed_seconds": "Scaleway bills each power-on period at least this long",
+    "pools[].lifecycle.billing_hour_seconds": "the unit Scaleway bills in: drained servers go near its end",
     "pools[].lifecycle.replacements_per_hour": "replacement budget, so a broken image cannot loop",
     "pools[].lifecycle.maintenance": "slots left alone (the DiViMS maintenance list)",
     "pools[].lifecycle.maintenance_file": "a JSON array of slots, read each cycle (DiViMS format)",

@@ -23,6 +23,7 @@ class Rules:
     max_changes_per_cycle: int = 5
     max_concurrent_clones: int = 3
     min_billed_seconds: float = 3600.0
+    billing_hour_seconds: float = PAID_HOUR  # the unit Scaleway bills in after the minimum
     # terminate only within this many seconds of the end of a paid hour (None: no preference);
     # covers two scaler cycles, so a cycle late never starts a new paid hour
     paid_hour_margin_seconds: float | None = 180.0
@@ -41,6 +42,7 @@ class Rules:
             max_changes_per_cycle=scaler.max_changes_per_cycle,
             max_concurrent_clones=pool.scaleway.max_concurrent_clones,
             min_billed_seconds=float(lc.min_billed_seconds),
+            billing_hour_seconds=float(lc.billing_hour_seconds),
             paid_hour_margin_seconds=max(180.0, 2 * float(scaler.interval_seconds) + 60.0),
             meetings_max_duration_seconds=lc.meetings_max_duration_minutes * 60.0,
             unresponsive_after_seconds=float(lc.unresponsive_after_seconds),
@@ -191,7 +193,8 @@ def near_paid_hour_end(slot: SlotState, now: float, rules: Rules) -> Check:
     start = billing_start(slot, rules)
     if start is None:
         return Check(True, "")
-    left = PAID_HOUR - ((now - start) % PAID_HOUR)
+    hour = rules.billing_hour_seconds
+    left = hour - ((now - start) % hour)
     ok = left <= rules.paid_hour_margin_seconds
     return Check(ok, "" if ok else f"{left / 60:.0f} min left in its paid hour")
 

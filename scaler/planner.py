@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 from divims.model import ScaleliteState, VMState
 from scaler.eligibility import (
-    PAID_HOUR,
     Health,
     Phase,
     Rules,
@@ -72,7 +71,8 @@ class _Builder:
 
 def _paid_left(slot: SlotState, now: float, rules: Rules) -> float:
     start = billing_start(slot, rules)
-    return PAID_HOUR if start is None else PAID_HOUR - ((now - start) % PAID_HOUR)
+    hour = rules.billing_hour_seconds
+    return hour if start is None else hour - ((now - start) % hour)
 
 
 def scale_in_order(slots: list[SlotState], now: float, rules: Rules) -> list[SlotState]:

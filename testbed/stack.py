@@ -94,7 +94,7 @@ class Stack:
         }
         extra = {
             "pools": [{"size": {"min": self.o.size_min, "max": self.o.slots},
-                       "lifecycle": {"min_billed_seconds": 3600 / a, "unresponsive_after_seconds": 6,
+                       "lifecycle": {"min_billed_seconds": 3600 / a, "billing_hour_seconds": 3600 / a, "unresponsive_after_seconds": 6,
                                      "replacements_per_hour": 30}}],
             "exporter": {"listen": f"127.0.0.1:{self.ports['exporter']}",
                          "interval_seconds": self.o.exporter_interval_seconds, "timeout_seconds": 2,
