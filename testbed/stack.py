@@ -102,9 +102,18 @@ class Stack:
             "scaler": scaler,
             "alerting": {"webhook": {"listen": f"127.0.0.1:{self.ports['webhook']}", "token": "${WEBHOOK_TOKEN}",
                                      "database": str(self.workdir / "webhook.sqlite")},
-                         "actions": self.o.actions, "max_actions_per_hour": 100},
+                         "actions": [self._scaled_action(r) for r in self.o.actions],
+                         "max_actions_per_hour": 100},
         }
         return self.pool.config_dict(prometheus_url=self.url("prometheus"), extra=extra)
+
+    def _scaled_action(self, rule: dict) -> dict:
+        """An action's `for` is in trace time: shrink it with the clock, as the policy's windows."""
+        if "for" not in rule:
+            return rule
+        from divims.config import parse_duration
+
+        return {**rule, "for": max(parse_duration(rule["for"]) / self.o.acceleration, 1.0)}
 
     def _fast_rules(self) -> list[str]:
         """The shipped rules, with every alert's `for:` shortened to the accelerated clock."""

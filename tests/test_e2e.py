@@ -46,6 +46,14 @@ def wait_for(stack: Stack, predicate: Callable[[], object], timeout: float, what
             last_exc = exc
         time.sleep(0.5)
     logs = "\n".join(f"--- {n}\n{stack.log_tail(n, 15)}" for n in ("scaler", "exporter", "webhook"))
+    journal = stack.journal()
+    if journal:
+        plan = journal[-1].get("plan", {})
+        logs += (f"\n--- last plan: desired {plan.get('desired')} active {plan.get('active')} "
+                 f"holds {plan.get('holds')} waits {plan.get('waits')} actions {plan.get('actions')} "
+                 f"terms {plan.get('terms')} signals {journal[-1].get('signals', {}).get('participants')}")
+    with stack.pool.world.lock:
+        logs += f"\n--- VMs: {[(vm.name, vm.state) for vm in stack.pool.world.vms.values()]}"
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_exc})\n{logs}")
 
 
