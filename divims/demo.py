@@ -7,11 +7,13 @@ rules, a real Alertmanager routed to the webhook, the webhook and the scaler, al
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import signal
 import sys
 import tempfile
 import time
+from datetime import datetime, tzinfo
 from pathlib import Path
 
 from divims.logsetup import setup_logging
@@ -30,11 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refresh", type=float, default=3.0, help="seconds between table rows")
 
 
-def _trace_span(path: Path) -> tuple[float, float]:
+def _trace_span(path: Path) -> tuple[float, float, tzinfo | None]:
+    """The trace's first and last time, and the UTC offset its rows are written in (for display)."""
     from testbed.load import load_trace
 
     trace = load_trace(path)
-    return trace.start, trace.end
+    zone = None
+    for line in path.read_text().splitlines():
+        head = line.split(",", 1)[0].strip()
+        if head and not head.startswith("#") and head != "time":
+            zone = datetime.fromisoformat(head).tzinfo
+            break
+    return trace.start, trace.end, zone
 
 
 def _fmt(value: float | None, width: int = 5) -> str:
@@ -64,8 +73,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     setup_logging("WARNING")
     workdir = args.workdir or tempfile.mkdtemp(prefix="divims-demo-")
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    # the simulated pool's own chatter (Scalelite's poller panicking a deleted server...) goes to a file
+    testbed_log = logging.getLogger("testbed")
+    testbed_log.addHandler(logging.FileHandler(Path(workdir) / "testbed.log"))
+    testbed_log.propagate = False
     accel = args.acceleration
-    start_t, end_t = _trace_span(trace)
+    start_t, end_t, zone = _trace_span(trace)
     duration_real = (end_t - start_t) / accel
     opts = StackOptions(workdir=workdir, slots=args.servers, trace=str(trace), acceleration=accel)
     stack = Stack(opts)
@@ -107,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 a = actions[-1]
                 last = f"{a.get('kind', a.get('action', '?'))} slot {a.get('slot')}: {a.get('reason', '')}"[:70]
                 seen_actions = len(actions)
-            stamp = time.strftime("%a %H:%M", time.localtime(trace_now))
+            stamp = datetime.fromtimestamp(trace_now, zone).strftime("%a %H:%M")
             print(f"{stamp:>16} {_fmt(part, 6)} {_fmt(meet)} {_fmt(desired, 7)} {_fmt(active, 6)} "
                   f"{_fmt(running, 7)}  {last}")
     except KeyboardInterrupt:
