@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv system-deps demo test lint bench clean
+.PHONY: venv system-deps demo test lint bench audit clean
 
 $(BIN)/divims: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: venv system-deps
 test: venv system-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+	bash scripts/audit.sh $(VENV)
+
+# pip-audit of the venv (fails on a known vulnerability with a fix; says so when it cannot reach the service)
+audit: venv
+	bash scripts/audit.sh $(VENV)
 
 lint: venv
 	$(BIN)/ruff check .
