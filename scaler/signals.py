@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 # The pool-wide signals of `Signals`, by field name; each may have a `<name>_age` freshness query.
 POOL_SIGNALS = ("participants", "meetings", "participants_growth", "participants_yesterday",
-                "participants_last_week", "meetings_yesterday", "meetings_last_week")
+                "participants_last_week", "meetings_yesterday", "meetings_last_week",
+                "participants_yesterday_now", "participants_last_week_now")
 # Per-server queries (one series per `server` label) -> ServerLoad field.
 SERVER_SIGNALS = {
     "server_meetings": "meetings",

@@ -60,7 +60,8 @@ class Signals:
 
     def all(self) -> list[Signal]:
         return [self.participants, self.meetings, self.participants_growth, self.participants_yesterday,
-                self.participants_last_week, self.meetings_yesterday, self.meetings_last_week]
+                self.participants_last_week, self.meetings_yesterday, self.meetings_last_week,
+                self.participants_yesterday_now, self.participants_last_week_now]
 
 
 @dataclass(frozen=True)

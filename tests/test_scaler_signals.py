@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -11,10 +13,20 @@ import time
 
 import pytest
 import requests
+from prometheus_api_client import PrometheusApiClientException
 from scaler_fixtures import FakePrometheus
 
 from divims.errors import ConfigError
-from scaler.signals import POOL_SIGNALS, SignalReader, connect, merged_queries, render_query, shipped_queries
+from scaler.signals import (
+    POOL_SIGNALS,
+    SignalReader,
+    connect,
+    merged_queries,
+    render_query,
+    shipped_queries,
+    unknown_signals,
+)
+from scaler.snapshot import Signals
 
 
 @pytest.fixture
@@ -120,10 +132,52 @@ def test_placeholders_are_filled():
     assert 'pool="p1"' in q and "[600s:60s]" in q and "offset 85800s" in q and "$" not in q
 
 
+def test_every_signal_of_signals_has_a_shipped_query():
+    """The live scaler reads every pool signal the policy can use: each Signal field of Signals is
+    read by SignalReader (POOL_SIGNALS) and has a shipped default query."""
+    signal_fields = {f.name for f in dataclasses.fields(Signals) if f.name not in ("per_server", "prometheus_up")}
+    assert signal_fields == set(POOL_SIGNALS)
+    assert signal_fields <= set(shipped_queries())
+    assert {s.name for s in unknown_signals("x").all()} == signal_fields
+
+
+@contextlib.contextmanager
+def real_prometheus(tmp: str, scrape_port: int | None = None):
+    """/usr/bin/prometheus on a free loopback port over the data directory `tmp`/data (which may
+    hold backfilled blocks), scraping 127.0.0.1:`scrape_port` every second when given."""
+    cfg = os.path.join(tmp, "prometheus.yml")
+    with open(cfg, "w") as f:
+        f.write("global: {scrape_interval: 1s}\n")
+        if scrape_port is not None:
+            f.write("scrape_configs:\n  - job_name: t\n"
+                    f"    static_configs: [{{targets: ['127.0.0.1:{scrape_port}']}}]\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        prom_port = sock.getsockname()[1]
+    proc = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp}/data",
+                             f"--web.listen-address=127.0.0.1:{prom_port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{prom_port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus binary not installed")
 def test_shipped_queries_run_on_a_real_prometheus():
-    """Every shipped query parses and evaluates on Prometheus itself, over an exporter-shaped target."""
+    """Every shipped query (pool, per-server and freshness) parses and evaluates on Prometheus
+    itself, over an exporter-shaped target."""
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
     reg = CollectorRegistry()
@@ -142,20 +196,8 @@ def test_shipped_queries_run_on_a_real_prometheus():
             gauges[name].labels("p1", server).set(0)
         gauges["bbb_node_uptime_seconds"].labels("p1", server).set(1000)
     httpd, thread = start_http_server(0, addr="127.0.0.1", registry=reg)
-    target_port = httpd.server_address[1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        prom_port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = os.path.join(tmp, "prometheus.yml")
-        with open(cfg, "w") as f:
-            f.write("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: t\n"
-                    f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n")
-        proc = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp}/data",
-                                 f"--web.listen-address=127.0.0.1:{prom_port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            url = f"http://127.0.0.1:{prom_port}"
+    try:
+        with tempfile.TemporaryDirectory() as tmp, real_prometheus(tmp, httpd.server_address[1]) as url:
             r = reader(url, max_age=60)
             deadline = time.monotonic() + 20
             s = None
@@ -171,13 +213,78 @@ def test_shipped_queries_run_on_a_real_prometheus():
             assert s.participants.value == 65 and s.meetings.value == 5
             assert s.per_server["127.0.1.2"].meetings == 2
             assert s.per_server["127.0.1.1"].recordings_unfinished == 0
-            # every shipped query was accepted by Prometheus (a parse error would be HTTP 400)
-            for name in POOL_SIGNALS:
-                sig = getattr(s, name)
-                assert "400" not in sig.reason, (name, sig.reason)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join(timeout=5)
+            # every shipped query, run as such, is accepted by Prometheus (a parse error is HTTP 400)
+            prom = connect(url, timeout_seconds=5)
+            for name, query in r.queries.items():
+                try:
+                    prom.custom_query(query, params={"time": f"{time.time():.3f}"})
+                except PrometheusApiClientException as exc:
+                    pytest.fail(f"shipped query {name} refused by Prometheus: {exc}")
+            # the history queries have no data a day ago: unknown with a reason, never zero
+            assert s.participants_yesterday_now.value is None and "empty" in s.participants_yesterday_now.reason
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def sustained_growth_reference(values: list[float], window_minutes: int, recent_minutes: int = 5,
+                               envelope_minutes: int = 10) -> float:
+    """Per second, from per-minute values ending at the evaluation time: the smaller of the least-
+    squares slopes over the last `window_minutes` and `recent_minutes` points of the running
+    maximum over `envelope_minutes` (what the shipped participants_growth query computes)."""
+    env = [max(values[max(0, i - envelope_minutes + 1):i + 1]) for i in range(len(values))]
+
+    def slope(n: int) -> float:
+        ys = env[-n:]
+        xm, ym = (n - 1) / 2, sum(ys) / n
+        return sum((i - xm) * (y - ym) for i, y in enumerate(ys)) / sum((i - xm) ** 2 for i in range(n)) / 60
+    return min(slope(window_minutes), slope(recent_minutes))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
+                    reason="prometheus or promtool not installed")
+def test_growth_and_history_queries_on_a_backfilled_real_prometheus():
+    """A ramp of +10 participants/min with an on-the-hour dip (-30 % for 10 min), backfilled into a
+    real Prometheus: the shipped growth query gives the sustained slope (the dip is not read as a
+    decline, nor its rebound as growth), and the history-at-now queries read the day / week before."""
+    end = (int(time.time()) // 3600 - 3) * 3600          # on the hour, 3 h ago: inside the retention
+    minutes = 60
+    ramp = [200.0 + 10 * i for i in range(minutes + 1)]  # one value per minute up to `end`
+    # the on-the-hour dip, 30..20 min before `end`: meetings end and restart
+    values = [v * 0.7 if 30 >= minutes - i > 20 else v for i, v in enumerate(ramp)]
+    lines = ["# TYPE bbb_meetings_participants gauge"]
+    for i, v in enumerate(values):
+        t = end - (minutes - i) * 60
+        for k in range(4):  # 15 s samples, as a scrape would give
+            lines.append(f'bbb_meetings_participants{{pool="p1",server="a"}} {v} {t - 45 + 15 * (k + 1)}')
+    history = []
+    for back, value in ((604800, 300.0), (86400, 500.0)):
+        for k in range(8):
+            history.append(f'bbb_meetings_participants{{pool="p1",server="a"}} {value} {end - back - 60 + 15 * k}')
+    # OpenMetrics wants the samples of a series in time order
+    samples = sorted(lines[1:] + history, key=lambda ln: int(ln.rsplit(" ", 1)[1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "series.om")
+        with open(src, "w") as f:
+            f.write("\n".join([lines[0], *samples, "# EOF", ""]))
+        subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", "-q", src, f"{tmp}/data"],
+                       check=True, capture_output=True, timeout=60)
+        with real_prometheus(tmp) as url:
+            r = reader(url, max_age=120)
+            s = r.read(float(end))
+    expected = sustained_growth_reference(values, 30)
+    assert s.participants.value == values[-1]
+    assert s.participants_growth.known, s.participants_growth.reason
+    assert s.participants_growth.value == pytest.approx(expected, rel=0.02)
+    # the running maximum hides the dip: the growth is the ramp's +10/min, where a plain slope of
+    # the raw series over the window reads the rebound as growth (about +17/min)
+    assert s.participants_growth.value * 60 == pytest.approx(10, rel=0.05)
+    xs = range(30)
+    raw = values[-30:]
+    xm, ym = sum(xs) / 30, sum(raw) / 30
+    plain = sum((x - xm) * (y - ym) for x, y in zip(xs, raw, strict=True)) / sum((x - xm) ** 2 for x in xs)
+    assert plain > 15
+    assert s.participants_yesterday_now.value == 500.0
+    assert s.participants_last_week_now.value == 300.0
