@@ -26,9 +26,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.process_collector import ProcessCollector
-from waitress import wasyncore
-from waitress.server import create_server
 
+from divims.httpserve import WSGIServer
 from exporter import exposition
 from exporter.collector import SnapshotCollector, families
 from exporter.snapshot import ExporterSnapshot
@@ -184,37 +183,10 @@ def _answer(start_response: Callable, status: str, body: bytes, content_type: st
     return [body]
 
 
-class MetricsServer:
+class MetricsServer(WSGIServer):
     """waitress serving a `MetricsApp` on host:port (port 0: a free one, see `.port`) in a thread."""
 
     def __init__(self, app: MetricsApp, host: str, port: int, threads: int = 4):
-        self.app = app
         # outbuf_overflow above the largest body: bodies stay in memory, never spooled to a temp file
-        self._server = create_server(app, host=host, port=port, threads=threads, ident="divims-exporter",
-                                     clear_untrusted_proxy_headers=True, outbuf_overflow=64 * 1024 * 1024)
-        self.host = host
-        self.port = int(self._server.effective_port)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def start(self) -> MetricsServer:
-        self._thread = threading.Thread(target=self._server.run, name="divims-exporter-http", daemon=True)
-        self._thread.start()
-        log.info("exporter listening on %s", self.url)
-        return self
-
-    def stop(self) -> None:
-        """Closes the socket, ends the serving loop and joins waitress' worker threads."""
-        if self._thread is not None and self._thread.is_alive():
-            # Close every socket from inside the loop's own thread: closing them from here while the loop
-            # sits in select() makes it fail with EBADF. An empty socket map ends the loop.
-            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._server._map))
-            self._thread.join(timeout=5)
-        else:
-            self._server.close()
-        # A single-socket waitress server's close() leaves its task threads running: end them too.
-        self._server.task_dispatcher.shutdown(timeout=5)
+        super().__init__(app, host, port, ident="divims-exporter", threads=threads,
+                         outbuf_overflow=64 * 1024 * 1024)

@@ -108,17 +108,17 @@ def once_command(settings: Any, pools: list[Any], *, dry_run: bool) -> int:
 
 
 def run_command(settings: Any, pools: list[Any], *, dry_run: bool, listen: tuple[str, int] | None) -> int:
-    from prometheus_client import start_http_server
-
+    from scaler.http import serve
     from scaler.loop import build_pool_scaler, run_forever
     from scaler.metrics import ScalerMetrics
 
     metrics = ScalerMetrics()
     scalers = [build_pool_scaler(settings, p, dry_run=dry_run, metrics=metrics) for p in pools]
-    httpd = thread = None
+    server = None
     if listen is not None:
         try:
-            httpd, thread = start_http_server(listen[1], addr=listen[0], registry=metrics.registry)
+            server = serve(metrics.registry, [p.name for p in pools], settings.scaler.interval_seconds,
+                           listen[0], listen[1])
         except OSError as exc:
             raise ConfigError([f"scaler.listen: cannot listen on {listen[0]}:{listen[1]} ({exc.strerror or exc})"]
                               ) from None
@@ -131,10 +131,8 @@ def run_command(settings: Any, pools: list[Any], *, dry_run: bool, listen: tuple
         run_forever(scalers, interval_seconds=settings.scaler.interval_seconds,
                     request_poll_seconds=settings.scaler.request_poll_seconds, stop=stop)
     finally:
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join(timeout=5)
+        if server is not None:
+            server.stop()
     return 0
 
 

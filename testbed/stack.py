@@ -207,7 +207,7 @@ class Stack:
                     raise RuntimeError(f"{name} exited with {proc.returncode}: see {self.workdir / (name + '.log')}"
                                        f"\n{self.log_tail(name)}")
                 try:
-                    if requests.get(self.url(name) + checks[name], timeout=1).status_code < 500:
+                    if requests.get(self.url(name) + checks[name], timeout=1).status_code == 200:
                         break
                 except requests.RequestException:
                     pass
