@@ -20,22 +20,18 @@ told apart from a complete one. Keys:
 - `tls_not_after`: `openssl x509 -enddate` of the first `ssl_certificate` nginx serves, raw
   (`Mar  5 12:00:00 2027 GMT`); parsed here into an epoch, empty when no certificate is found.
 
-Host keys are verified against known_hosts (RejectPolicy) unless `accept_unknown_host_keys`.
+SSH itself (host keys verified against known_hosts unless `accept_unknown_host_keys`, timeouts, errors)
+is `divims.clients.ssh.SSHClient`.
 """
 
 from __future__ import annotations
 
 import calendar
 import logging
-import select
-import threading
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import paramiko
-
-from divims.errors import AuthError, ClientError, ProtocolError, TimeoutError_, TransientError
+from divims.clients.ssh import CommandResult, SSHClient, shows_ssh_settings
+from divims.errors import ProtocolError
 from divims.model import HostStats, RecordingPipeline
 
 log = logging.getLogger(__name__)
@@ -139,47 +135,24 @@ def parse_stats(text: str, host: str) -> HostStats:
         tls_expiry_timestamp=tls, oldest_processing_age_seconds=oldest_age)
 
 
-@dataclass(frozen=True)
-class CommandResult:
-    exit_code: int  # -1 when the server sent no exit status
-    stdout: str
-    stderr: str = field(repr=False)
-
-
-class _UnknownHostKey(Exception):
-    pass
-
-
-class _RejectUnknown(paramiko.MissingHostKeyPolicy):
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        raise _UnknownHostKey(f"{key.get_name()} {key.fingerprint}")
-
-
+@shows_ssh_settings
 class BBBHostSSH:
-    """An SSH connection to one BBB host (kept open between calls, reopened when it broke)."""
+    """An SSH connection to one BBB host (kept open between calls, reopened when it broke), through
+    the shared `divims.clients.ssh.SSHClient` (`self.ssh`); its settings read as attributes here."""
 
     def __init__(self, host: str, *, port: int = 22, user: str = "root", key_file: str | None = None,
                  key_passphrase: Any = None, known_hosts: str | None = None,
                  accept_unknown_host_keys: bool = False, timeout_seconds: float = 10):
-        self.host = host
-        self.port = port
-        self.user = user
-        self.key_file = key_file
-        # str or pydantic SecretStr; kept out of repr and of every message
-        self._passphrase = (key_passphrase.get_secret_value() if hasattr(key_passphrase, "get_secret_value")
-                            else key_passphrase)
-        self.known_hosts = known_hosts
-        self.accept_unknown_host_keys = accept_unknown_host_keys
-        self.timeout_seconds = timeout_seconds
-        self._client: paramiko.SSHClient | None = None
-        self._lock = threading.Lock()
+        self.ssh = SSHClient(host, port=port, user=user, key_file=key_file, key_passphrase=key_passphrase,
+                             known_hosts=known_hosts, accept_unknown_host_keys=accept_unknown_host_keys,
+                             timeout_seconds=timeout_seconds)
 
     def __repr__(self) -> str:
-        return f"BBBHostSSH({self.user}@{self.host}:{self.port})"
+        return f"BBBHostSSH({self.ssh.user}@{self.ssh.host}:{self.ssh.port})"
 
     @property
     def _target(self) -> str:
-        return self.host if self.port == 22 else f"{self.host}:{self.port}"
+        return self.ssh.target
 
     def __enter__(self) -> BBBHostSSH:
         return self
@@ -188,121 +161,12 @@ class BBBHostSSH:
         self.close()
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
-
-    def _drop(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _connect(self) -> paramiko.SSHClient:
-        if self._client is not None:
-            transport = self._client.get_transport()
-            if transport is not None and transport.is_active():
-                return self._client
-            self._drop()
-        client = paramiko.SSHClient()
-        try:
-            if self.known_hosts:
-                # load into the client's keys without remembering the file: paramiko would rewrite it
-                client.get_host_keys().load(self.known_hosts)
-            else:
-                client.load_system_host_keys()
-        except FileNotFoundError:
-            if not self.accept_unknown_host_keys:
-                raise AuthError("ssh", self._target, f"known_hosts file {self.known_hosts} not found") from None
-        except (OSError, paramiko.SSHException) as exc:
-            raise AuthError("ssh", self._target, f"known_hosts file {self.known_hosts} unreadable: "
-                                                 f"{exc.__class__.__name__}") from None
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if self.accept_unknown_host_keys
-                                           else _RejectUnknown())
-        t = self.timeout_seconds
-        started = time.monotonic()
-        try:
-            client.connect(self.host, port=self.port, username=self.user, key_filename=self.key_file,
-                           passphrase=self._passphrase, timeout=t, banner_timeout=t, auth_timeout=t,
-                           channel_timeout=t, look_for_keys=self.key_file is None, allow_agent=False)
-        except _UnknownHostKey as exc:
-            client.close()
-            raise AuthError("ssh", self._target, f"host key {exc} is not in known_hosts"
-                                                 f"{' ' + self.known_hosts if self.known_hosts else ''}: "
-                                                 "refusing to connect (add it, or set "
-                                                 "accept_unknown_host_keys)") from None
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise AuthError("ssh", self._target, f"host key CHANGED: got {exc.key.get_name()} "
-                                                 f"{exc.key.fingerprint}, known_hosts has "
-                                                 f"{exc.expected_key.fingerprint}: refusing to connect") from None
-        except paramiko.PasswordRequiredException:
-            client.close()
-            raise AuthError("ssh", self._target, f"key file {self.key_file} is encrypted: "
-                                                 "set key_passphrase") from None
-        except paramiko.AuthenticationException:
-            client.close()
-            raise AuthError("ssh", self._target, f"public key refused for user {self.user}") from None
-        except TimeoutError:
-            client.close()
-            raise TimeoutError_("ssh", self._target, f"connect: no answer within {t:g} s") from None
-        except FileNotFoundError:
-            client.close()
-            raise AuthError("ssh", self._target, f"key file {self.key_file} not found") from None
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            client.close()
-            # a silent peer surfaces as a banner or session error, not a timeout: tell it by the clock
-            if time.monotonic() - started >= t * 0.9:
-                raise TimeoutError_("ssh", self._target, f"connect: no SSH answer within {t:g} s") from None
-            raise TransientError("ssh", self._target, f"connect failed: {_describe(exc)}") from None
-        self._client = client
-        return client
+        self.ssh.close()
 
     def run(self, command: str, timeout_seconds: float | None = None) -> CommandResult:
         """Runs one command and returns its exit code and output, within `timeout_seconds` (default the
         client's). Connection and auth problems raise ClientError subclasses naming the host."""
-        timeout = self.timeout_seconds if timeout_seconds is None else timeout_seconds
-        with self._lock:
-            client = self._connect()
-            try:
-                return self._exec(client, command, timeout)
-            except ClientError:
-                self._drop()
-                raise
-            except (OSError, EOFError, paramiko.SSHException) as exc:
-                self._drop()
-                raise TransientError("ssh", self._target, f"exec failed: {_describe(exc)}") from None
-
-    def _exec(self, client: paramiko.SSHClient, command: str, timeout: float) -> CommandResult:
-        transport = client.get_transport()
-        if transport is None:
-            raise TransientError("ssh", self._target, "connection closed")
-        deadline = time.monotonic() + timeout
-        chan = transport.open_session(timeout=timeout)
-        try:
-            chan.settimeout(timeout)
-            chan.exec_command(command)
-            chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            while True:
-                while chan.recv_ready():
-                    out += chan.recv(65536)
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-                if chan.closed or not transport.is_active():
-                    if chan.exit_status_ready():
-                        continue
-                    raise TransientError("ssh", self._target, "connection closed before the command ended")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError_("ssh", self._target, f"command did not end within {timeout:g} s")
-                select.select([chan], [], [], min(remaining, 0.05))
-            code = chan.recv_exit_status()
-            if code == -1:  # closed without an exit status: the connection dropped mid-command
-                raise TransientError("ssh", self._target, "connection closed before the command ended")
-            return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
-        finally:
-            chan.close()
+        return self.ssh.run(command, timeout_seconds)
 
     def stats(self) -> HostStats:
         """Load, CPUs, uptime, BBB health, recording pipeline and TLS expiry, in one exec."""
@@ -315,7 +179,3 @@ class BBBHostSSH:
                   stats.recordings.unfinished)
         return stats
 
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{exc.__class__.__name__}: {text[:120]}" if text else exc.__class__.__name__

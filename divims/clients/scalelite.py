@@ -13,16 +13,15 @@ import shlex
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import paramiko
 import requests
 import yaml
 
 from divims.clients.bbb import ALGORITHMS
 from divims.clients.bbb import checksum as bbb_checksum
+from divims.clients.ssh import SSHClient, shows_ssh_settings
 from divims.errors import (
     APIError,
     AuthError,
@@ -356,97 +355,44 @@ def _format_multiplier(value: float) -> str:
     return repr(float(value))
 
 
+@shows_ssh_settings
 class ScaleliteRake:
-    """Scalelite < 1.5.1 through `[sudo] docker exec <container> ./bin/rake <task>` over SSH (paramiko).
-
-    Host keys are checked against `known_hosts` (RejectPolicy) unless accept_unknown_host_keys.
+    """Scalelite < 1.5.1 through `[sudo] docker exec <container> ./bin/rake <task>` over SSH, through the
+    shared `divims.clients.ssh.SSHClient` (`self.ssh`; host keys verified against `known_hosts` unless
+    accept_unknown_host_keys); its settings read as attributes here.
     `servers:disable` is never run: it asks for `yes` on stdin when the server has load."""
 
     def __init__(self, host: str, *, port: int = 22, user: str = "root", key_file: str | None = None,
                  key_passphrase: str | None = None, known_hosts: str | None = None,
                  accept_unknown_host_keys: bool = False, timeout_seconds: float = 10,
                  container: str = "scalelite-api", sudo: bool = True):
-        self.host = host
-        self.port = port
-        self.user = user
-        self.key_file = key_file
-        self._key_passphrase = key_passphrase
-        self.known_hosts = known_hosts
-        self.accept_unknown_host_keys = accept_unknown_host_keys
-        self.timeout_seconds = timeout_seconds
+        self.ssh = SSHClient(host, port=port, user=user, key_file=key_file, key_passphrase=key_passphrase,
+                             known_hosts=known_hosts, accept_unknown_host_keys=accept_unknown_host_keys,
+                             timeout_seconds=timeout_seconds)
         self.container = container
         self.sudo = sudo
         self._lock = threading.Lock()  # one rake (a Rails boot) at a time on the Scalelite host
 
     def __repr__(self) -> str:
-        return f"ScaleliteRake({self.user}@{self.host}:{self.port}, container={self.container!r})"
+        return f"ScaleliteRake({self.ssh.user}@{self.ssh.host}:{self.ssh.port}, container={self.container!r})"
 
     def command(self, *tasks: str) -> str:
         """The shell command line that runs these rake tasks (each shell-quoted)."""
         parts = (["sudo", "-n"] if self.sudo else []) + ["docker", "exec", self.container, "./bin/rake"]
         return " ".join(shlex.quote(p) for p in [*parts, *tasks])
 
-    def _connect(self) -> paramiko.SSHClient:
-        client = paramiko.SSHClient()
-        try:
-            if self.known_hosts:
-                path = Path(self.known_hosts).expanduser()
-                if path.exists():
-                    client.load_host_keys(str(path))
-                elif not self.accept_unknown_host_keys:
-                    raise AuthError("ssh", self.host, f"known_hosts file {path} does not exist")
-            else:
-                client.load_system_host_keys()
-            client.set_missing_host_key_policy(
-                paramiko.AutoAddPolicy() if self.accept_unknown_host_keys else paramiko.RejectPolicy())
-            client.connect(self.host, port=self.port, username=self.user, key_filename=self.key_file,
-                           passphrase=self._key_passphrase, look_for_keys=self.key_file is None,
-                           allow_agent=False, timeout=self.timeout_seconds,
-                           banner_timeout=self.timeout_seconds, auth_timeout=self.timeout_seconds)
-        except ClientError:
-            client.close()
-            raise
-        except paramiko.BadHostKeyException:
-            client.close()
-            raise AuthError("ssh", self.host, "host key differs from the one in known_hosts "
-                                              "(possible man-in-the-middle)") from None
-        except paramiko.AuthenticationException:
-            client.close()
-            raise AuthError("ssh", self.host, f"authentication as {self.user} failed") from None
-        except TimeoutError:
-            client.close()
-            raise TimeoutError_("ssh", self.host, f"connect timed out after {self.timeout_seconds:g}s") from None
-        except paramiko.SSHException as e:
-            client.close()
-            if "not found in known_hosts" in str(e):
-                raise AuthError("ssh", self.host, "host key unknown: not in known_hosts "
-                                                  "(add it, or set accept_unknown_host_keys)") from None
-            raise TransientError("ssh", self.host, f"SSH failed: {type(e).__name__}") from None
-        except OSError as e:
-            client.close()
-            raise TransientError("ssh", self.host, f"connect failed: {e.strerror or type(e).__name__}") from None
-        return client
-
     def run(self, *tasks: str, secrets: tuple[str, ...] = ()) -> tuple[int, str, str]:
-        """Runs rake tasks in one invocation; returns (exit code, stdout, stderr). The command line may
-        hold secrets (servers:add): neither it nor `secrets` ever reach a log or an error."""
+        """Runs rake tasks in one invocation (on a fresh connection, closed after: rake runs are minutes
+        apart); returns (exit code, stdout, stderr). The command line may hold secrets (servers:add):
+        neither it nor `secrets` ever reach a log or an error."""
         names = " ".join(t.partition("[")[0] for t in tasks)
         with self._lock:
-            client = self._connect()
             try:
-                _, stdout, stderr = client.exec_command(self.command(*tasks), timeout=self.timeout_seconds)
-                out = stdout.read().decode("utf-8", "replace")
-                err = stderr.read().decode("utf-8", "replace")
-                code = stdout.channel.recv_exit_status()
-            except TimeoutError:
-                raise TimeoutError_(SERVICE, self.host,
-                                    f"rake {names} timed out after {self.timeout_seconds:g}s") from None
-            except paramiko.SSHException as e:
-                raise TransientError(SERVICE, self.host, f"rake {names}: {type(e).__name__}") from None
+                result = self.ssh.run(self.command(*tasks), label=f"rake {names}")
             finally:
-                client.close()
-        log.debug("scalelite %s: rake %s exited %d", self.host, names, code)
-        return code, out, err
+                self.ssh.close()
+        log.debug("scalelite %s: rake %s exited %d", self.ssh.host, names, result.exit_code)
+        return result.exit_code, result.stdout, result.stderr
 
     def _task(self, task: str, server_id: str, *, secrets: tuple[str, ...] = ()) -> str:
         """Runs one state-changing task and checks for `OK`; returns stdout."""
