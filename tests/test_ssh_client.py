@@ -19,7 +19,12 @@ HOST = "127.0.0.1"
 PASSPHRASE = "s3cret-pass-7f2a"
 
 
+RELEASE = threading.Event()  # lets a `hang` command end
+
+
 def echo(command: str) -> tuple[int, str, str]:
+    if command.startswith("hang"):
+        RELEASE.wait(10)
     if command.startswith("fail"):
         return 3, "", "it failed\n"
     return 0, f"ran {command}\n", ""
@@ -37,6 +42,7 @@ def keys(tmp_path_factory):
 
 @pytest.fixture
 def server(keys, tmp_path):
+    RELEASE.clear()
     handle = start_ssh_server(HOST, 0, echo, host_key_path=str(keys / "host_key"),
                               authorized_keys=[(keys / "client.pub").read_text(), (keys / "locked.pub").read_text()])
     known = tmp_path / "known_hosts"
@@ -45,6 +51,7 @@ def server(keys, tmp_path):
     try:
         yield handle
     finally:
+        RELEASE.set()
         handle.stop()
 
 
@@ -121,23 +128,14 @@ def test_encrypted_key_needs_its_passphrase_which_never_shows(server, keys):
             assert PASSPHRASE not in repr(c)
 
 
-def test_exec_timeout_names_the_label_not_the_command(keys):
-    release = threading.Event()
-
-    def slow(command):
-        release.wait(10)
-        return 0, "", ""
-
-    with start_ssh_server(HOST, 0, slow) as handle:
-        c = SSHClient(HOST, port=handle.port, key_file=str(keys / "client"), accept_unknown_host_keys=True,
-                      timeout_seconds=3)
+def test_exec_timeout_names_the_label_not_the_command_and_the_next_run_works(server, keys):
+    with client(server, keys) as c:
         start = time.monotonic()
         with pytest.raises(TimeoutError_, match="rake servers did not end within 0.3 s") as err:
-            c.run("add secret-token-123", timeout_seconds=0.3, label="rake servers")
-        assert time.monotonic() - start < 2
-        assert "secret-token-123" not in str(err.value)
-        release.set()
-        c.close()
+            c.run("hang secret-token-123", timeout_seconds=0.3, label="rake servers")
+        assert time.monotonic() - start < 2 and "secret-token-123" not in str(err.value)
+        RELEASE.set()
+        assert c.run("next").stdout == "ran next\n"  # on a new connection: the timed-out one was dropped
 
 
 def test_reconnects_after_the_server_restarts(server, keys):
