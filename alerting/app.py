@@ -13,6 +13,7 @@ import binascii
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from alerting.actions import ActionDispatcher, ActionMapper, compile_rules
@@ -105,13 +107,19 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def create_app(settings: Any, store: AlertStore, requests_queue: RequestQueue | None = None,
-               now: Callable[[], float] = time.time) -> Flask:
+               now: Callable[[], float] = time.time, multiprocess_dir: str | None = None) -> Flask:
     """The webhook application for `settings` (divims.config.Settings with alerting.webhook set),
     storing into `store` and handing action requests to `requests_queue` (None: actions are only
-    counted, never requested). Raises ValueError when the webhook section is missing or incomplete."""
+    counted, never requested). With `multiprocess_dir` (one of several worker processes, started with
+    PROMETHEUS_MULTIPROC_DIR set to it), /metrics shows the sum over every worker of the directory.
+    Raises ValueError when the webhook section is missing or incomplete, or `multiprocess_dir` is not
+    this process's PROMETHEUS_MULTIPROC_DIR (prometheus_client reads it once, at import)."""
     webhook = settings.alerting.webhook
     if webhook is None:
         raise ValueError("alerting.webhook: not configured (set at least its token and database)")
+    if multiprocess_dir is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR") != multiprocess_dir:
+        raise ValueError(f"multiprocess metrics: PROMETHEUS_MULTIPROC_DIR must be {multiprocess_dir!r}"
+                         " before prometheus_client is imported")
     auth = _Authenticator(webhook)
     max_body = int(webhook.max_body_bytes)
     dispatcher = ActionDispatcher(ActionMapper(compile_rules(settings.alerting.actions),
@@ -220,7 +228,12 @@ def create_app(settings: Any, store: AlertStore, requests_queue: RequestQueue | 
 
     @app.get("/metrics")
     def metrics_page() -> Response:
-        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+        if multiprocess_dir is None:
+            return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+        # every worker's counters, read from their files (the dead ones' too: counters never go back)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=multiprocess_dir)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -1,12 +1,24 @@
-"""`divims webhook --config F [--listen HOST:PORT]`: the receiver served by waitress (a production WSGI
-server, not Flask's development server) until SIGTERM/SIGINT."""
+"""`divims webhook --config F [--listen HOST:PORT] [--workers N]`: the receiver served by waitress (a
+production WSGI server, not Flask's development server) until SIGTERM/SIGINT.
+
+With N > 1 workers (the default is 2) this process is a supervisor: it opens the listening socket and
+the database (schema, pruning), then runs N worker processes that all accept on that one socket and
+write the one SQLite file, restarts a worker that dies, and stops them all on SIGTERM/SIGINT. A worker
+is this module with the hidden `--worker-fd` (the inherited socket) and `--metrics-dir` (prometheus
+multiprocess files, so that every worker's /metrics shows all workers' counters). `--workers 1` serves
+in this one process, as before."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -32,6 +44,16 @@ SWITCH_INTERVAL_SECONDS = 0.001
 # waitress logs a warning for each one it queues: 24 threads carried 50 concurrent senders ~40% faster
 # than 8, with less CPU per notification (larger commits). Each thread holds one SQLite connection.
 DEFAULT_THREADS = 24
+# Receiver processes. One process is held to ~one core by the GIL (bench/RESULTS.md); 2 lets the
+# receiver use two cores, which is what the 2-core machine it was measured on has. Not the CPU count:
+# the SQLite file takes one writer at a time whatever the count (group commit per process keeps
+# commits large; more processes split them smaller), each worker costs ~40 MB and 24 connections, and
+# Alertmanager sends a few notifications a minute in production, not thousands a second.
+DEFAULT_WORKERS = 2
+# A worker that dies within this many seconds of its start is restarted after a growing pause (1 s,
+# doubling, at most 30 s), so that a worker failing at start-up does not spin the supervisor.
+CRASH_WINDOW_SECONDS = 10.0
+STOP_TIMEOUT_SECONDS = 10.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -47,12 +69,16 @@ class WebhookServer:
     Port 0 picks a free port: read `.port` after construction."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = DEFAULT_THREADS,
-                 max_body_bytes: int = 1024 * 1024):
+                 max_body_bytes: int = 1024 * 1024, sock: socket.socket | None = None):
+        """With `sock` (a bound, listening socket, e.g. inherited from the supervisor), serves on it
+        instead of binding (host, port)."""
         # waitress refuses bodies above max_request_body_size itself; leave headroom so the app
         # answers its own JSON 413 and counts it.
-        self._server = create_server(app, host=host, port=port, threads=threads, ident="divims-webhook",
-                                     max_request_body_size=max_body_bytes * 4, clear_untrusted_proxy_headers=True)
-        self.host = host
+        where: dict[str, Any] = {"sockets": [sock]} if sock is not None else {"host": host, "port": port}
+        self._server = create_server(app, threads=threads, ident="divims-webhook",
+                                     max_request_body_size=max_body_bytes * 4, clear_untrusted_proxy_headers=True,
+                                     **where)
+        self.host = host if sock is None else str(sock.getsockname()[0])
         self.port = int(self._server.effective_port)
         self._thread: threading.Thread | None = None
 
@@ -98,12 +124,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help=f"HOST:PORT to listen on (default: alerting.webhook.listen, "
                                          f"else {DEFAULT_LISTEN})")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"waitress worker threads (default {DEFAULT_THREADS})")
+                        help=f"waitress threads per worker process (default {DEFAULT_THREADS})")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"receiver processes sharing the listening socket (default {DEFAULT_WORKERS}; "
+                             "1: serve in this process)")
+    # set by the supervisor for its workers only
+    parser.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--metrics-dir", default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
     """Serves the webhook until SIGTERM/SIGINT. Exit code 0 on a clean stop, 2 on bad configuration,
-    1 when the database cannot be opened."""
+    1 when the database cannot be opened or the address not bound."""
     from divims.config import load_config
 
     try:
@@ -118,28 +150,24 @@ def run(args: argparse.Namespace) -> int:
     if webhook is None:
         log.error("configuration: alerting.webhook: not configured (set its token and database)")
         return 2
+    worker_fd = getattr(args, "worker_fd", None)
+    workers = getattr(args, "workers", 1)
+    if worker_fd is not None:
+        return _serve(args, settings, None, 0, worker_fd)
     try:
         host, port = parse_listen(args.listen or webhook.listen or DEFAULT_LISTEN)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    try:
-        db = Database(webhook.database)
-        store = AlertStore(db, retention_days=webhook.retention_days)
-        queue = RequestQueue(db, max_actions_per_hour=settings.alerting.max_actions_per_hour)
-        queue.prune(time.time() - webhook.retention_days * 86400)
-    except StoreError as exc:
-        log.error("webhook: %s", exc)
-        return 1
-    try:
-        app = create_app(settings, store, queue)
-        server = WebhookServer(app, host, port, threads=max(1, args.threads),
-                               max_body_bytes=webhook.max_body_bytes)
-    except (ValueError, OSError) as exc:
-        log.error("webhook: cannot start on %s:%d: %s", host, port, exc)
-        db.close()
-        return 2 if isinstance(exc, ValueError) else 1
+    if workers < 1:
+        log.error("--workers: expected at least 1, got %d", workers)
+        return 2
+    if workers == 1:
+        return _serve(args, settings, host, port, None)
+    return _supervise(args, settings, host, port, workers)
 
+
+def _install_stop_handlers() -> threading.Event:
     stopping = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -148,13 +176,119 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    return stopping
+
+
+def _serve(args: argparse.Namespace, settings: Any, host: str | None, port: int, worker_fd: int | None) -> int:
+    """One receiver process: on (host, port), or as a worker on the inherited socket `worker_fd`."""
+    webhook = settings.alerting.webhook
+    worker = worker_fd is not None
+    what = f"webhook worker {os.getpid()}" if worker else "webhook"
+    stopping = _install_stop_handlers()  # first: a SIGTERM while starting is a clean stop too
+    try:
+        db = Database(webhook.database)
+        store = AlertStore(db, retention_days=webhook.retention_days)
+        queue = RequestQueue(db, max_actions_per_hour=settings.alerting.max_actions_per_hour)
+        if not worker:  # the supervisor pruned already
+            queue.prune(time.time() - webhook.retention_days * 86400)
+    except StoreError as exc:
+        log.error("%s: %s", what, exc)
+        return 1
+    try:
+        app = create_app(settings, store, queue, multiprocess_dir=getattr(args, "metrics_dir", None))
+        sock = socket.socket(fileno=worker_fd) if worker else None
+        server = WebhookServer(app, host or "", port, threads=max(1, args.threads),
+                               max_body_bytes=webhook.max_body_bytes, sock=sock)
+    except (ValueError, OSError) as exc:
+        log.error("%s: cannot start on %s:%d: %s", what, host, port, exc)
+        db.close()
+        return 2 if isinstance(exc, ValueError) else 1
+    parent = os.getppid()
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     server.start()
-    log.info("webhook: listening on %s (auth %s, database %s)", server.url, webhook.auth, webhook.database)
+    log.info("%s: listening on %s (auth %s, database %s)", what, server.url, webhook.auth, webhook.database)
     while not stopping.wait(1.0):
-        pass
+        if worker and os.getppid() != parent:  # the supervisor died (SIGKILL): do not serve orphaned
+            log.error("%s: the supervisor %d is gone, stopping", what, parent)
+            break
     server.close()
     db.close()
+    handled = sum(int(s.value) for m in app.extensions["divims_webhook"]["metrics"].notifications.collect()
+                  for s in m.samples if s.name.endswith("_total"))
+    log.info("%s: stopped (%d notifications stored%s)", what, handled, " by this worker" if worker else "")
+    return 0
+
+
+def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, workers: int) -> int:
+    """Opens the socket and the database, runs `workers` worker processes on the socket until
+    SIGTERM/SIGINT, restarting any that dies; then stops them all (SIGTERM, SIGKILL after
+    STOP_TIMEOUT_SECONDS). Returns 0 on a clean stop."""
+    webhook = settings.alerting.webhook
+    try:
+        # Schema and pruning once, here: a bad path fails now with exit code 1, not in every worker.
+        db = Database(webhook.database)
+        AlertStore(db, retention_days=webhook.retention_days)
+        RequestQueue(db).prune(time.time() - webhook.retention_days * 86400)
+        db.close()
+    except StoreError as exc:
+        log.error("webhook: %s", exc)
+        return 1
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        log.error("webhook: cannot start on %s:%d: %s", host, port, exc.strerror or exc)
+        return 1
+    sock.set_inheritable(True)
+    metrics_dir = tempfile.mkdtemp(prefix="divims-webhook-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    command = [sys.executable, "-m", "alerting.cli", *(["--config", args.config] if args.config else []),
+               "--threads", str(max(1, args.threads)), "--worker-fd", str(sock.fileno()),
+               "--metrics-dir", metrics_dir]
+    stopping = _install_stop_handlers()
+    procs: list[subprocess.Popen | None] = [None] * workers
+    started = [0.0] * workers
+    pauses = [0.0] * workers
+    next_start = [0.0] * workers
+
+    def spawn(i: int) -> None:
+        procs[i] = subprocess.Popen(command, pass_fds=(sock.fileno(),), env=env)
+        started[i] = time.monotonic()
+        log.info("webhook: worker %d started (pid %d)", i, procs[i].pid)
+
+    host_text = f"[{host}]" if ":" in host else host
+    try:
+        for i in range(workers):
+            spawn(i)
+        log.info("webhook: listening on http://%s:%d with %d workers (auth %s, database %s)",
+                 host_text, sock.getsockname()[1], workers, webhook.auth, webhook.database)
+        while not stopping.wait(0.2):
+            now = time.monotonic()
+            for i, proc in enumerate(procs):
+                if proc is not None and proc.poll() is not None:
+                    quick = now - started[i] < CRASH_WINDOW_SECONDS
+                    pauses[i] = min(30.0, max(1.0, pauses[i] * 2)) if quick else 0.0
+                    log.error("webhook: worker %d (pid %d) exited with %s, restarting%s", i, proc.pid,
+                              proc.returncode, f" in {pauses[i]:.0f} s" if pauses[i] else "")
+                    procs[i], next_start[i] = None, now + pauses[i]
+                if procs[i] is None and now >= next_start[i]:
+                    spawn(i)
+    finally:
+        live = [p for p in procs if p is not None]
+        for proc in live:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for proc in live:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("webhook: worker pid %d did not stop in %.0f s, killing it", proc.pid,
+                          STOP_TIMEOUT_SECONDS)
+                proc.kill()
+                proc.wait()
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     log.info("webhook: stopped")
     return 0
 

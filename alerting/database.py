@@ -10,9 +10,12 @@ faster under 50 concurrent senders: see bench/RESULTS.md. So FULL stays.)
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,8 +42,12 @@ class Database:
         self._local = threading.local()
         self._lock = threading.Lock()
         # SQLite allows one writer; its busy handler makes waiting writers poll with sleeps of up to
-        # 100 ms. Writers of this process queue on this lock instead, so they take turns at once.
+        # 100 ms. Writers of this process queue on this lock instead, so they take turns at once; and
+        # writers of other processes (webhook workers, the scaler) on an flock of `<path>-writer.lock`,
+        # which wakes the next one as soon as it is released. Only a queue: what the data's promises
+        # rest on is SQLite's own write lock (BEGIN IMMEDIATE) and its UNIQUE constraints.
         self._write_lock = threading.Lock()
+        self._lock_fd: int | None = None
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
         # group commit: callers of batched() queue here; one of them (the leader) commits them all
@@ -54,6 +61,12 @@ class Database:
                 raise StoreError(f"database {self.path}: cannot create its directory: {exc.strerror}") from None
         # Open once now so that a bad path fails at start-up, not at the first alert.
         self.connection()
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            try:
+                self._lock_fd = os.open(self.path + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:  # no queue across processes: SQLite's busy handler still serialises
+                log.warning("database %s: no writer lock file (%s): other processes' writers poll",
+                            self.path, exc.strerror)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""
@@ -85,21 +98,50 @@ class Database:
         deadlock on an upgrade). Commits on success; rolls back and raises StoreError on any sqlite error."""
         conn = self.connection()
         with self._write_lock:
+            lock_fd = self._lock_fd
+            if lock_fd is not None:
+                self._lock_writers(lock_fd)
             try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"database {self.path}: cannot begin a transaction: {exc}") from None
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
                 try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"database {self.path}: write failed: {exc}") from None
-                raise
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StoreError(f"database {self.path}: cannot begin a transaction: {exc}") from None
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException as exc:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    if isinstance(exc, sqlite3.Error):
+                        raise StoreError(f"database {self.path}: write failed: {exc}") from None
+                    raise
+            finally:
+                if lock_fd is not None:
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    def _lock_writers(self, lock_fd: int) -> None:
+        """Takes the flock that queues writers across processes, polling at 0.1-1 ms (a blocking
+        flock has no timeout: a stopped process holding it would hang every request instead of letting
+        them fail after busy_timeout). Raises StoreError after busy_timeout."""
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = 0.0001
+        while True:
+            time.sleep(pause)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"database {self.path}: cannot begin a transaction: another process"
+                                     f" has been writing for over {self._busy_timeout_ms} ms") from None
+                pause = min(pause * 2, 0.001)
 
     def batched(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Runs `work(conn)` in a write transaction shared with the callers waiting at the same time
@@ -186,6 +228,10 @@ class Database:
             except sqlite3.Error:
                 pass
         self._local = threading.local()
+        with self._write_lock:
+            lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None:
+            os.close(lock_fd)
 
     def __repr__(self) -> str:
         return f"Database({self.path!r})"

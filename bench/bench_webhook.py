@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from alerting.cli import DEFAULT_THREADS
+from alerting.cli import DEFAULT_THREADS, DEFAULT_WORKERS
 
 TOKEN = "bench-token-0123456789"
 
@@ -127,6 +127,18 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of process `pid` and its live children (the webhook's workers), None when unknown."""
+    own = process_cpu_seconds(pid)
+    if own is None:
+        return None
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(process_cpu_seconds(int(c)) or 0.0 for c in children)
+
+
 def load_text() -> str:
     try:
         one, five, fifteen = os.getloadavg()
@@ -140,13 +152,14 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def run(notifications: int, alerts: int, senders: int, processes: int, threads: int) -> dict:
+def run(notifications: int, alerts: int, senders: int, processes: int, threads: int,
+        workers: int = DEFAULT_WORKERS) -> dict:
     with tempfile.TemporaryDirectory(prefix="divims-bench-") as tmpdir:
         tmp = Path(tmpdir)
         port = free_port()
         config = write_config(tmp, port)
         server = subprocess.Popen([sys.executable, "-m", "alerting.cli", "--config", str(config),
-                                   "--threads", str(threads)],
+                                   "--threads", str(threads), "--workers", str(workers)],
                                   cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
                                   stderr=(tmp / "webhook.log").open("w"))
         base = f"http://127.0.0.1:{port}"
@@ -154,16 +167,16 @@ def run(notifications: int, alerts: int, senders: int, processes: int, threads: 
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    if requests.get(f"{base}/healthz", timeout=1).ok:
+                    if requests.get(f"{base}/healthz", timeout=2).ok:
                         break
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.Timeout):  # workers still starting
                     pass
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("the webhook did not start:\n" + (tmp / "webhook.log").read_text())
                 time.sleep(0.1)
             per_sender = notifications // senders
             load_before = load_text()
-            cpu_before = process_cpu_seconds(server.pid)
+            cpu_before = tree_cpu_seconds(server.pid)
             senders_before = os.times()
             groups = [list(range(senders))[i::processes] for i in range(processes)]
             out: mp.Queue = mp.Queue()
@@ -176,7 +189,7 @@ def run(notifications: int, alerts: int, senders: int, processes: int, threads: 
             for p in procs:
                 p.join()
             elapsed = time.perf_counter() - started
-            cpu_after = process_cpu_seconds(server.pid)
+            cpu_after = tree_cpu_seconds(server.pid)
             senders_after = os.times()  # the sender processes are joined; the server is not reaped yet
             load_after = load_text()
         finally:
@@ -211,11 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="sender processes (the senders are threads spread over them)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                         help=f"waitress threads of the receiver (default {DEFAULT_THREADS}, as divims webhook)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"receiver processes (default {DEFAULT_WORKERS}, as divims webhook)")
     parser.add_argument("--small", action="store_true", help="300 notifications from 10 senders")
     args = parser.parse_args(argv)
     if args.small:
         args.notifications, args.senders = 300, 10
-    r = run(args.notifications, args.alerts, args.senders, args.processes, args.threads)
+    r = run(args.notifications, args.alerts, args.senders, args.processes, args.threads, args.workers)
     no_5xx = not any(k.startswith("5") or not k.isdigit() for k in r["statuses"])
     lost = r["alerts_sent"] - r["alerts_stored"]
     rows = [
@@ -227,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         ("latency mean / max", f"{r['mean_ms']:.1f} / {r['max_ms']:.1f} ms"),
         ("server CPU per notification", "unknown" if r["server_cpu_ms"] is None else f"{r['server_cpu_ms']:.2f} ms"),
         ("senders' CPU per notification", f"{r['senders_cpu_ms']:.2f} ms (same machine)"),
-        ("receiver threads", str(args.threads)),
+        ("receiver processes x threads", f"{args.workers} x {args.threads}"),
         ("machine load before", r["load_before"]),
         ("machine load after", r["load_after"]),
         ("verdict", "PASS" if no_5xx and lost == 0 and r["p99_ms"] < 100 else "FAIL (goal: no 5xx, none lost, p99 < 100 ms)"),
