@@ -319,9 +319,14 @@ class LiveDecider:
         from scaler.snapshot import ActionKind
 
         self._state = self._next_state
+        done = [r.action for r in results if r.result == OK]
+        panicked = {a.slot for a in done if a.kind == ActionKind.PANIC}
         self._replacements = [t for t in self._replacements if t > now - 3600] + [
-            now for r in results if r.result == OK and r.action.kind == ActionKind.CORDON
-            and r.action.reason.startswith(_REPLACEMENT_REASONS)]
+            now for a in done if a.kind == ActionKind.CORDON and a.reason.startswith(_REPLACEMENT_REASONS)] + [
+            # an unresponsive server terminated with no Scalelite entry (so no panic, and never a counted
+            # cordon): a new clone that never answered. Uncounted, a broken image looped clone -> fail.
+            now for a in done if a.kind == ActionKind.TERMINATE and a.reason.startswith("unresponsive")
+            and a.slot not in panicked]
         if not self.state_path:
             return
         path = Path(self.state_path)

@@ -369,8 +369,34 @@ class WorldPrometheus(FakePrometheus):
         return []
 
 
+class ExporterPrometheus(WorldPrometheus):
+    """WorldPrometheus whose `bbb_api_up` follows what the exporter reports: 0 for a server whose BBB API
+    hangs, answers garbage or refuses (the world's fault flags), and no meeting series for it (a failed
+    poll has no totals). WorldPrometheus shows such a server as up with its meetings."""
+
+    def _answers(self, h) -> bool:
+        return not (h.hang or h.garbage or h.faults.down or self.world.faults["bbb"].down)
+
+    def _hosts(self):
+        return [(h, m, r) for h, m, r in super()._hosts() if self._answers(h)]
+
+    def _answer(self, q: str):
+        if "bbb_api_up" in q:
+            return [{"metric": {"server": h.host}, "value": [0, "1" if self._answers(h) else "0"]}
+                    for h, _, _ in WorldPrometheus._hosts(self)]
+        return super()._answer(q)
+
+
 # --- the testbed scenario fixture --------------------------------------------------------------
 SLOTS = 6
+
+
+def bed_extra(tmp_path) -> dict:
+    """The `bed` fixture's configuration overrides (a test adds its own to a copy)."""
+    return {"scaler": {"state_dir": str(tmp_path / "state"), "interval_seconds": 1, "lock_ttl_seconds": 1,
+                       "scale_in_window_seconds": 0},
+            # bounded retries keep a 429 storm's backoff within a test's time
+            "pools": [{"size": {"min": 1, "max": SLOTS}, "scaleway": {"max_retries": 2, "timeout_seconds": 2}}]}
 
 
 class SimulatedCrash(BaseException):
@@ -386,11 +412,7 @@ def bed(tmp_path, monkeypatch):
     prom = WorldPrometheus(pool.world).start()
     for k, v in pool.environment().items():
         monkeypatch.setenv(k, v)
-    extra = {"scaler": {"state_dir": str(tmp_path / "state"), "interval_seconds": 1, "lock_ttl_seconds": 1,
-                        "scale_in_window_seconds": 0},
-             # bounded retries keep a 429 storm's backoff within a test's time
-             "pools": [{"size": {"min": 1, "max": SLOTS}, "scaleway": {"max_retries": 2, "timeout_seconds": 2}}]}
-    path = pool.write_config(tmp_path / "divims.yml", prometheus_url=prom.url, extra=extra)
+    path = pool.write_config(tmp_path / "divims.yml", prometheus_url=prom.url, extra=bed_extra(tmp_path))
     settings = load_config(str(path))
     yield pool, prom, settings
     prom.stop()
