@@ -40,7 +40,7 @@ def exporter_endurance(servers: int, seconds: float, interval: float) -> dict:
 
     ctx = mp.get_context("spawn")
     port_q, stop = ctx.Queue(), ctx.Event()
-    child = ctx.Process(target=_fleet, args=(servers, 0.0, port_q, stop), daemon=True)
+    child = ctx.Process(target=_fleet, args=(servers, 0.0, 3, port_q, stop), daemon=True)  # 3 meetings each
     child.start()
     try:
         port = port_q.get(timeout=120)
