@@ -47,7 +47,7 @@ DEFAULT_THREADS = 24
 # Receiver processes. One process is held to ~one core by the GIL (bench/RESULTS.md); 2 lets the
 # receiver use two cores, which is what the 2-core machine it was measured on has. Not the CPU count:
 # the SQLite file takes one writer at a time whatever the count (group commit per process keeps
-# commits large; more processes split them smaller), each worker costs ~40 MB and 24 connections, and
+# commits large; more processes split them smaller), each worker costs ~47 MB and 24 connections, and
 # Alertmanager sends a few notifications a minute in production, not thousands a second.
 DEFAULT_WORKERS = 2
 # A worker that dies within this many seconds of its start is restarted after a growing pause (1 s,
