@@ -9,6 +9,10 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+# DIVIMS_FULL=1: every row at its full size (longer storms, more payloads, the full endurance run);
+# unset, CI's shortened sizes (each row still proves the same property, on fewer cycles).
+FULL = os.environ.get("DIVIMS_FULL", "") == "1"
+
 
 def record_figure(row: str, figure: str, **numbers: object) -> None:
     """Prints the row's figure (shown with `pytest -s`) and appends it, as one JSON line, to the file named

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -116,20 +117,39 @@ def error_runs(stack: Stack, tmp: Path) -> dict[str, str]:
     def keep(name: str, p: subprocess.CompletedProcess) -> None:
         out[name] = f"rc={p.returncode}\n{p.stdout}\n{p.stderr}"
 
-    keep("config check", divims(stack, "config", "check"))
-    keep("plan (good)", divims(stack, "scaler", "plan", "--json"))
-    keep("plan (wrong Scaleway key)", divims(stack, "scaler", "plan", "--json",
-                                             env={"SCW_SECRET_KEY": WRONG["SCW_SECRET_KEY"]}))
-    keep("plan (wrong Scalelite secret)", divims(stack, "scaler", "plan",
-                                                 env={"SCALELITE_SECRET": WRONG["SCALELITE_SECRET"]}))
+    # The runs are independent: side by side (each is a Python start-up), during the exporter's 6 s.
+    doc = yaml.safe_load(stack.config_path.read_text())
+    # A config whose secrets sit where validation fails: the error names the path, not the value.
+    doc["pools"][0]["scalelite"]["secret"] = {"nested": WRONG["SCALELITE_SECRET"]}
+    doc["alerting"]["webhook"]["token"] = [WRONG["SCW_SECRET_KEY"]]
+    doc["pools"][0]["scalelite"]["timeout_seconds"] = "soon"  # and a plain error beside them
+    bad = tmp / "bad.yml"
+    bad.write_text(yaml.safe_dump(doc))
+    bad.chmod(0o600)
+    runs = {
+        "config check": dict(args=("config", "check")),
+        "plan (good)": dict(args=("scaler", "plan", "--json")),
+        "plan (wrong Scaleway key)": dict(args=("scaler", "plan", "--json"),
+                                          env={"SCW_SECRET_KEY": WRONG["SCW_SECRET_KEY"]}),
+        "plan (wrong Scalelite secret)": dict(args=("scaler", "plan"),
+                                              env={"SCALELITE_SECRET": WRONG["SCALELITE_SECRET"]}),
+        "config check (bad config)": dict(args=("config", "check"), config=bad),
+        "scaler once (bad config)": dict(args=("scaler", "once"), config=bad),
+    }
     # The exporter with a wrong passphrase: SSH polls fail; run it a few seconds and keep its log.
     e = stack.environment()
     e["SSH_KEY_PASSPHRASE"] = WRONG["SSH_KEY_PASSPHRASE"]
     proc = subprocess.Popen([sys.executable, "-m", "divims.cli", "exporter", "--config", str(stack.config_path),
                              "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=e, cwd=ROOT)
+    started = time.monotonic()
     try:
-        time.sleep(6)
+        with ThreadPoolExecutor(max_workers=len(runs)) as ex:
+            futures = {name: ex.submit(divims, stack, *r["args"], env=r.get("env"), config=r.get("config"))
+                       for name, r in runs.items()}
+            for name, fut in futures.items():
+                keep(name, fut.result())
+        time.sleep(max(0.0, 6 - (time.monotonic() - started)))
     finally:
         proc.terminate()
         try:
@@ -138,16 +158,6 @@ def error_runs(stack: Stack, tmp: Path) -> dict[str, str]:
             proc.kill()
             text, _ = proc.communicate(timeout=5)
     out["exporter (wrong SSH passphrase)"] = text
-    # A config whose secrets sit where validation fails: the error names the path, not the value.
-    doc = yaml.safe_load(stack.config_path.read_text())
-    doc["pools"][0]["scalelite"]["secret"] = {"nested": WRONG["SCALELITE_SECRET"]}
-    doc["alerting"]["webhook"]["token"] = [WRONG["SCW_SECRET_KEY"]]
-    doc["pools"][0]["scalelite"]["timeout_seconds"] = "soon"  # and a plain error beside them
-    bad = tmp / "bad.yml"
-    bad.write_text(yaml.safe_dump(doc))
-    bad.chmod(0o600)
-    keep("config check (bad config)", divims(stack, "config", "check", config=bad))
-    keep("scaler once (bad config)", divims(stack, "scaler", "once", config=bad))
     return out
 
 

@@ -6,7 +6,7 @@
   Alertmanager's retry then stores the notification;
 - concurrent senders over HTTP lose nothing.
 
-`DIVIMS_FUZZ_EXAMPLES` sets the number of generated payloads (CI default 1500; the full row: 10000).
+`DIVIMS_FUZZ_EXAMPLES` sets the number of generated payloads (CI default 600; DIVIMS_FULL=1: 10000).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import yaml
 from alerting_fixtures import TOKEN, alert, auth_headers, make_settings, notification
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_fixtures import record_figure, wait_for
+from reliability_fixtures import FULL, record_figure, wait_for
 
 from alerting.app import create_app
 from alerting.cli import WebhookServer
@@ -35,7 +35,7 @@ from alerting.requests import RequestQueue
 from alerting.store import AlertStore
 from testbed.stack import find_binary, free_port
 
-EXAMPLES = int(os.environ.get("DIVIMS_FUZZ_EXAMPLES", "1500"))
+EXAMPLES = int(os.environ.get("DIVIMS_FUZZ_EXAMPLES", "10000" if FULL else "600"))
 ALLOWED = {200, 400, 413, 415}
 
 # --- generated payloads ------------------------------------------------------------------------------
