@@ -23,14 +23,12 @@ import threading
 import time
 from typing import Any
 
-from waitress import wasyncore
-from waitress.server import create_server
-
 from alerting.app import create_app
 from alerting.database import Database, StoreError
 from alerting.requests import RequestQueue
 from alerting.store import AlertStore
 from divims.errors import ConfigError
+from divims.httpserve import WSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -64,59 +62,16 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-class WebhookServer:
-    """A WSGI app served by waitress on (host, port), in a background thread or the caller's.
+class WebhookServer(WSGIServer):
+    """The receiver served by waitress on (host, port), or on an inherited listening `sock`.
     Port 0 picks a free port: read `.port` after construction."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = DEFAULT_THREADS,
                  max_body_bytes: int = 1024 * 1024, sock: socket.socket | None = None):
-        """With `sock` (a bound, listening socket, e.g. inherited from the supervisor), serves on it
-        instead of binding (host, port)."""
         # waitress refuses bodies above max_request_body_size itself; leave headroom so the app
         # answers its own JSON 413 and counts it.
-        where: dict[str, Any] = {"sockets": [sock]} if sock is not None else {"host": host, "port": port}
-        self._server = create_server(app, threads=threads, ident="divims-webhook",
-                                     max_request_body_size=max_body_bytes * 4, clear_untrusted_proxy_headers=True,
-                                     **where)
-        self.host = host if sock is None else str(sock.getsockname()[0])
-        self.port = int(self._server.effective_port)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def start(self) -> WebhookServer:
-        self._thread = threading.Thread(target=self.run, name="divims-webhook", daemon=True)
-        self._thread.start()
-        return self
-
-    def run(self) -> None:
-        """Serves until `close()` (returns then)."""
-        while self._server._map:
-            try:
-                self._server.run()
-            except (OSError, ValueError):
-                # close() from another thread closed a socket under select(): loop again, the map
-                # is empty by then and the loop ends.
-                continue
-
-    def close(self) -> None:
-        """Stops accepting, closes every connection, stops the worker threads, joins the serving thread."""
-        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
-        map_ = self._server._map
-        try:
-            # Closing inside the loop's own thread (via its trigger) ends the loop at once, without
-            # waiting for select()'s timeout.
-            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(map_, ignore_all=True))
-        except OSError:
-            pass
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2)
-        wasyncore.close_all(map_, ignore_all=True)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        super().__init__(app, host, port, ident="divims-webhook", threads=threads, sock=sock,
+                         max_request_body_size=max_body_bytes * 4)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
