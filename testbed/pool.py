@@ -27,6 +27,7 @@ TESTBED_ACCESS_KEY = "SCWTESTBED0000000000"
 
 @dataclass
 class TestbedOptions:
+    __test__ = False  # not a pytest test class
     slots: int = 12
     trace: str | None = None            # CSV time,meetings,participants
     acceleration: float = 60.0          # trace seconds per real second
