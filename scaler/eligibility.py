@@ -31,6 +31,8 @@ class Rules:
     unresponsive_after_seconds: float = 360.0
     recycle_uptime_seconds: float = 7 * 86400.0
     replacements_per_hour: int = 2
+    # a server seen unresponsive within this window and answering again is a flapper (see planner.plan)
+    flap_window_seconds: float = 1800.0
     flexible_ips: bool = False
     # how long Scaleway's `starting` lasts: the billing anchor when powered_on_at is unknown
     starting_estimate_seconds: float = 60.0
@@ -105,8 +107,8 @@ def phase(slot: SlotState) -> Phase:
         return Phase.DRAINING
     if vm.state == VMState.STARTING or slot.bbb_api_up is not True:
         return Phase.BOOTING
-    if slot.meetings:
-        return Phase.DRAINING
+    if slot.meetings is None or slot.meetings:
+        return Phase.DRAINING  # unknown meetings are not "no meeting"
     return Phase.IDLE
 
 

@@ -271,25 +271,27 @@ class LiveDecider:
         self.ical_feed = ical_feed
         self.policy = policy
         self.feed_up: bool | None = None
-        self._state, self._replacements = self._load()
+        self._state, self._replacements, self._flapped = self._load()
         self._next_state = self._state
+        self._next_flapped = self._flapped
         self.last_floor: Any = None
 
-    def _load(self) -> tuple[Any, list[float]]:
+    def _load(self) -> tuple[Any, list[float], dict[str, float]]:
         import json
         from pathlib import Path
 
         from scaler.policy import PolicyState
 
         if not self.state_path or not Path(self.state_path).exists():
-            return PolicyState(), []
+            return PolicyState(), [], {}
         try:
             data = json.loads(Path(self.state_path).read_text(encoding="utf-8"))
-            return PolicyState.from_json(json.dumps(data["policy"])), [float(t) for t in data.get("replacements", [])]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return (PolicyState.from_json(json.dumps(data["policy"])), [float(t) for t in data.get("replacements", [])],
+                    {str(k): float(v) for k, v in (data.get("unresponsive") or {}).items()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("pool %s: policy state %s unreadable (%s): starting afresh", self.pool_cfg.name,
                         self.state_path, exc)
-            return PolicyState(), []
+            return PolicyState(), [], {}
 
     def floor(self, now: float) -> Any:
         from divims.schedule import schedule_floor
@@ -308,7 +310,11 @@ class LiveDecider:
         decide = policy.decide_classic if self.policy == "divims-classic" else policy.decide
         decision, self._next_state = decide(snapshot, self.params, self._state, floor)
         recent = [t for t in self._replacements if t > snapshot.now - 3600]
-        return planner.plan(snapshot, decision, self.rules, replacements_last_hour=len(recent))
+        # VMs seen unresponsive within the flap window (kept by commit): a flapping server is replaced
+        window_start = snapshot.now - self.rules.flap_window_seconds
+        flapped = {vm: t for vm, t in self._flapped.items() if t >= window_start}
+        self._next_flapped = {**flapped, **planner.unresponsive_vms(snapshot, self.rules)}
+        return planner.plan(snapshot, decision, self.rules, replacements_last_hour=len(recent), flapped=flapped)
 
     def commit(self, results: Sequence[ActionResult], now: float) -> None:
         """Keeps the policy state of the cycle that acted, and counts its replacements."""
@@ -319,6 +325,7 @@ class LiveDecider:
         from scaler.snapshot import ActionKind
 
         self._state = self._next_state
+        self._flapped = self._next_flapped
         done = [r.action for r in results if r.result == OK]
         panicked = {a.slot for a in done if a.kind == ActionKind.PANIC}
         self._replacements = [t for t in self._replacements if t > now - 3600] + [
@@ -334,7 +341,8 @@ class LiveDecider:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"policy": json.loads(self._state.to_json()),
-                                       "replacements": self._replacements}), encoding="utf-8")
+                                       "replacements": self._replacements,
+                                       "unresponsive": self._flapped}), encoding="utf-8")
             os.replace(tmp, path)
         except OSError as exc:
             log.error("pool %s: cannot write the policy state %s: %s", self.pool_cfg.name, path, exc)

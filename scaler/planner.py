@@ -21,6 +21,7 @@ participants. Changes per plan are bounded by max_changes_per_cycle, clones by m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from divims.model import ScaleliteState, VMState
@@ -51,6 +52,7 @@ class _Builder:
     changes: int = 0
     clones: int = 0
     touched: set[int] = field(default_factory=set)
+    flappers: set[int] = field(default_factory=set)  # answering again, unresponsive within the flap window
 
     def room(self) -> bool:
         return self.changes < self.rules.max_changes_per_cycle
@@ -69,6 +71,10 @@ class _Builder:
         return True
 
 
+def _count(n: int | None) -> str:
+    return "unknown" if n is None else str(n)
+
+
 def _paid_left(slot: SlotState, now: float, rules: Rules) -> float:
     start = billing_start(slot, rules)
     hour = rules.billing_hour_seconds
@@ -82,7 +88,10 @@ def scale_in_order(slots: list[SlotState], now: float, rules: Rules) -> list[Slo
         vm = s.vm
         maint = 0 if vm is not None and vm.maintenances > 0 else 1
         not_running = 0 if vm is None or vm.state != VMState.RUNNING else 1
-        return (maint, not_running, s.meetings or 0, s.participants or 0, _paid_left(s, now, rules), -s.slot)
+        # unknown meetings are not "empty": such a server goes after every one whose load is known
+        unknown = 0 if s.meetings is not None else 1
+        return (maint, not_running, unknown, s.meetings or 0, s.participants or 0, _paid_left(s, now, rules),
+                -s.slot)
     return sorted(slots, key=key)
 
 
@@ -95,13 +104,30 @@ def _request_slots(snapshot: Snapshot, action: str) -> dict[int, int]:
     return out
 
 
-def plan(snapshot: Snapshot, decision: Decision, rules: Rules, replacements_last_hour: int = 0) -> Plan:
-    """The actions that move the pool toward `decision.desired`, safely (see the module docstring)."""
+def unresponsive_vms(snapshot: Snapshot, rules: Rules) -> dict[str, float]:
+    """VM id -> `snapshot.now` for every VM the snapshot shows unresponsive: what the caller keeps (for
+    `rules.flap_window_seconds`) and hands back to `plan` as `flapped`."""
+    return {s.vm.id: snapshot.now for s in snapshot.slots
+            if s.vm is not None and not s.in_maintenance and health(s, snapshot.now, rules) == Health.UNRESPONSIVE}
+
+
+def plan(snapshot: Snapshot, decision: Decision, rules: Rules, replacements_last_hour: int = 0,
+         flapped: Mapping[str, float] | None = None) -> Plan:
+    """The actions that move the pool toward `decision.desired`, safely (see the module docstring).
+
+    `flapped`: VM id -> when it was last seen unresponsive (from `unresponsive_vms` of earlier cycles).
+    Such a VM, answering again within `rules.flap_window_seconds`, is not un-cordoned or enabled by
+    scale-out while a clone or a power-on can bring the capacity instead, and is replaced when serving:
+    otherwise a flapping server is cordoned when offline and enabled again when it answers, forever."""
     now = snapshot.now
     b = _Builder(rules)
+    window = rules.flap_window_seconds
+    flappers = {s.slot for s in snapshot.slots if s.vm is not None and flapped and s.vm.id in flapped
+                and now - flapped[s.vm.id] <= window}
     slots = list(snapshot.slots)
     phases = {s.slot: phase(s) for s in slots}
     healths = {s.slot: health(s, now, rules) for s in slots}
+    b.flappers = {n for n in flappers if healths[n] != Health.UNRESPONSIVE}
     for s in slots:
         if phases[s.slot] == Phase.MAINTENANCE:
             b.waits.append(f"slot {s.slot}: in maintenance, left alone")
@@ -109,6 +135,8 @@ def plan(snapshot: Snapshot, decision: Decision, rules: Rules, replacements_last
     _repairs(snapshot, b, phases)
 
     budget = max(0, rules.replacements_per_hour - replacements_last_hour)
+    # what is left of the budget within this cycle: each replacement started here counts
+    left = budget
     cordon_requests = _request_slots(snapshot, "cordon_server")
     replace_requests = _request_slots(snapshot, "replace_server")
 
@@ -118,31 +146,49 @@ def plan(snapshot: Snapshot, decision: Decision, rules: Rules, replacements_last
     booting = [s for s in slots if phases[s.slot] == Phase.BOOTING and healths[s.slot] != Health.UNRESPONSIVE]
 
     # unresponsive: cordon at once (its meetings are lost anyway) and let the count bring a replacement
+    # (always, for safety; it counts against the budget as the caller counts it)
     for s in unresponsive:
         b.add(A.CORDON, s, "unresponsive: cordon and replace", server_id=s.scalelite.id if s.scalelite else None)
+        left = max(0, left - 1)
 
     # to replace when capacity allows: malfunctioning, due for recycling, or asked by an alert
     to_replace: list[SlotState] = []
     for s in serving:
         why = (f"request {replace_requests[s.slot]}: replace" if s.slot in replace_requests
                else "malfunctioning" if healths[s.slot] == Health.MALFUNCTIONING
-               else "uptime above the recycle limit" if healths[s.slot] == Health.RECYCLE else "")
+               else "uptime above the recycle limit" if healths[s.slot] == Health.RECYCLE
+               else f"unresponsive within the last {window / 60:.0f} min (flapping)" if s.slot in b.flappers
+               else "")
         if not why:
             continue
-        if len(to_replace) < budget:
+        if left > 0:
             to_replace.append(s)
+            left -= 1
         else:
             b.waits.append(f"slot {s.slot}: {why}, but the replacement budget of the hour is spent")
     healthy = [s for s in serving if s not in to_replace]
     desired = decision.desired
 
     need = desired - len(healthy) - len(booting)
-    if budget <= 0:
-        # a broken image must not loop clone -> fail -> clone: the broken ones count as capacity
-        broken = [s for s in slots if healths[s.slot] == Health.UNRESPONSIVE and phases[s.slot] != Phase.MAINTENANCE]
-        if broken:
-            need -= len(broken)
-            b.waits.append(f"{len(broken)} unresponsive servers not replaced: the replacement budget of the hour is spent")
+    # unresponsive servers not serving (a new clone whose BBB never answered, a drain that died): each
+    # terminate of one without a Scalelite entry is a replacement of its own (no cordon counted it);
+    # one with an entry was counted when it was cordoned, and is terminated while any budget is left
+    terminable: set[int] = set()
+    kept: list[SlotState] = []
+    for s in slots:
+        if healths[s.slot] != Health.UNRESPONSIVE or phases[s.slot] in (Phase.MAINTENANCE, Phase.SERVING):
+            continue
+        if s.scalelite is None and left > 0:
+            terminable.add(s.slot)
+            left -= 1
+        elif s.scalelite is not None and budget > 0:
+            terminable.add(s.slot)
+        else:
+            kept.append(s)
+    if kept:
+        # a broken image must not loop clone -> fail -> clone: the broken ones kept count as capacity
+        need -= len(kept)
+        b.waits.append(f"{len(kept)} unresponsive servers not replaced: the replacement budget of the hour is spent")
     enabled_now: set[int] = set()
     if need > 0:
         need -= _scale_out(snapshot, b, phases, healths, need, enabled_now)
@@ -169,11 +215,10 @@ def plan(snapshot: Snapshot, decision: Decision, rules: Rules, replacements_last
         for s in scale_in_order([h for h in healthy if h.slot not in b.touched], now, rules)[:excess]:
             if not not_last_online(s, snapshot).ok:
                 continue
-            b.add(A.CORDON, s, f"scale in to {desired}: {s.meetings or 0} meetings, {s.participants or 0} participants",
+            b.add(A.CORDON, s, f"scale in to {desired}: {_count(s.meetings)} meetings, {_count(s.participants)} participants",
                   server_id=s.scalelite.id if s.scalelite else None)
 
-    _drain_and_terminate(snapshot, b, phases, healths, enabled_now, need_more=need > 0,
-                         replace_unresponsive=budget > 0)
+    _drain_and_terminate(snapshot, b, phases, healths, enabled_now, need_more=need > 0, terminable=terminable)
     return Plan(snapshot.pool, decision, tuple(b.actions), tuple(b.waits))
 
 
@@ -200,7 +245,7 @@ def _scale_out(snapshot: Snapshot, b: _Builder, phases: dict[int, Phase], health
     """Adds up to `need` servers, cheapest first; returns how many were started."""
     slots = snapshot.slots
     done = 0
-    ok = [s for s in slots if healths[s.slot] == Health.OK]
+    ok = [s for s in slots if healths[s.slot] == Health.OK and s.slot not in b.flappers]
     # 1. un-cordon running cordoned servers whose BBB answers (the busiest drains are the costliest)
     for s in sorted((s for s in ok if phases[s.slot] == Phase.DRAINING and s.scalelite is not None
                      and s.vm is not None and s.vm.state == VMState.RUNNING and s.bbb_api_up),
@@ -246,12 +291,29 @@ def _scale_out(snapshot: Snapshot, b: _Builder, phases: dict[int, Phase], health
             break
         b.clones += 1
         done += 1
+    # 5. capacity still short: a server that was unresponsive lately but answers again is better than none
+    for s in slots:
+        if done >= need:
+            break
+        if s.slot not in b.flappers or s.slot in b.touched or healths[s.slot] != Health.OK \
+                or s.scalelite is None or s.vm is None or s.vm.state != VMState.RUNNING or not s.bbb_api_up:
+            continue
+        if phases[s.slot] == Phase.DRAINING:
+            kind, why = A.UNCORDON, "scale out, capacity short: un-cordon a server that flapped lately"
+        elif phases[s.slot] == Phase.IDLE:
+            kind, why = A.ENABLE, "scale out, capacity short: enable a server that flapped lately"
+        else:
+            continue
+        if not b.add(kind, s, why, server_id=s.scalelite.id):
+            break
+        enabled_now.add(s.slot)
+        done += 1
     return done
 
 
 def _drain_and_terminate(snapshot: Snapshot, b: _Builder, phases: dict[int, Phase],
                          healths: dict[int, Health], enabled_now: set[int], need_more: bool,
-                         replace_unresponsive: bool) -> None:
+                         terminable: set[int]) -> None:
     """Ends over-long meetings on draining servers; terminates those that pass every check."""
     max_age = b.rules.meetings_max_duration_seconds
     for s in snapshot.slots:
@@ -261,7 +323,7 @@ def _drain_and_terminate(snapshot: Snapshot, b: _Builder, phases: dict[int, Phas
         unresponsive = healths[s.slot] == Health.UNRESPONSIVE
         if p == Phase.SERVING and not unresponsive:
             continue
-        if unresponsive and not replace_unresponsive:
+        if unresponsive and s.slot not in terminable:
             b.waits.append(f"slot {s.slot}: unresponsive, kept: the replacement budget of the hour is spent")
             continue
         if p == Phase.BOOTING and not unresponsive:

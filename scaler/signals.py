@@ -176,7 +176,8 @@ class SignalReader:
         return Signal(name, value, age_seconds=age)
 
     def _per_server(self, now: float) -> tuple[dict[str, ServerLoad] | None, str]:
-        """Per-server loads by `server` label; None (with a reason) when the meetings are unknown."""
+        """Per-server loads by `server` label: every server with fresh meeting series or a `bbb_api_up`
+        sample (meetings/participants None when not fresh); None (with a reason) when the meetings query fails."""
         fields: dict[str, dict[str, float]] = {}
         for query_name, field_name in SERVER_SIGNALS.items():
             try:
@@ -200,14 +201,18 @@ class SignalReader:
                 return None, f"freshness unknown: {exc}"
         loads: dict[str, ServerLoad] = {}
         for server, f in fields.items():
-            if server in stale or "meetings" not in f or "participants" not in f:
-                continue  # unknown for this server: it is simply not in the map
             up = f.get("bbb_api_up")
+            known = server not in stale and "meetings" in f and "participants" in f
+            if not known and up is None:
+                continue  # nothing known of this server: it is simply not in the map
+            # a server the exporter reports (bbb_api_up, 0 when its API hangs or refuses) is kept even
+            # without fresh meeting series: its meetings are unknown (None), never 0
             healthy = f.get("services_healthy")
             rec = f.get("recordings_unfinished")
             failed = f.get("recordings_failed")
             loads[server] = ServerLoad(
-                meetings=int(f["meetings"]), participants=int(f["participants"]),
+                meetings=int(f["meetings"]) if known else None,
+                participants=int(f["participants"]) if known else None,
                 recordings_unfinished=None if rec is None else int(rec),
                 bbb_api_up=None if up is None else up >= 1,
                 services_healthy=None if healthy is None else healthy >= 1,

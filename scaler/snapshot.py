@@ -30,8 +30,8 @@ class Signal:
 
 @dataclass(frozen=True)
 class ServerLoad:
-    meetings: int
-    participants: int
+    meetings: int | None                      # None: unknown (no fresh series, e.g. its BBB API is down)
+    participants: int | None
     recordings_unfinished: int | None = None  # None: unknown (no SSH / no signal)
     bbb_api_up: bool | None = None            # None: unknown
     services_healthy: bool | None = None

@@ -291,3 +291,79 @@ def test_plan_is_pure_and_every_action_says_why():
     a, b = plan(s, decision(3), R), plan(s, decision(3), R)
     assert a == b and all(x.reason for x in a.actions)
     assert {x.kind for x in a.actions} <= set(A)
+
+
+# --- the replacement budget is counted within a cycle ------------------------------------------------
+
+def _failed_clone(n: int) -> SlotState:
+    """A new clone whose BBB never answered: no Scalelite entry, running for 15 min."""
+    return slot(n, "booting", vm=vm(n, since=NOW - 900), scalelite=None)
+
+
+@pytest.mark.parametrize("last_hour, unresponsive_serving, expected_terminated", [
+    (0, 0, 2),   # 3 failed clones, budget 2: 2 terminated, not 3
+    (1, 0, 1),   # 1 left
+    (2, 0, 0),   # spent
+    (0, 1, 1),   # the cordon of an unresponsive serving server spends one of the 2 first
+    (0, 2, 0),
+])
+def test_each_replacement_counts_against_the_budget_within_the_cycle(last_hour, unresponsive_serving,
+                                                                      expected_terminated):
+    serving = [slot(n, bbb_api_up=False) for n in range(5, 5 + unresponsive_serving)]
+    s = snap(slot(1), _failed_clone(2), _failed_clone(3), _failed_clone(4), *serving)
+    p = plan(s, decision(1 + 3 + unresponsive_serving), replace(R, max_changes_per_cycle=20),
+             replacements_last_hour=last_hour)
+    terminated = [a.slot for a in p.actions if a.kind == A.TERMINATE]
+    assert len(terminated) == expected_terminated, kinds(p)
+    assert [a.slot for a in p.actions if a.kind == A.CORDON] == [n for n, _ in enumerate(serving, 5)]
+    if expected_terminated < 3:
+        assert any("budget" in w for w in p.waits), p.waits
+
+
+@pytest.mark.parametrize("sick, budget_left, expected_cordoned", [(3, 2, 2), (3, 1, 1), (1, 2, 1), (2, 0, 0)])
+def test_malfunctioning_replacements_are_counted_not_just_gated(sick, budget_left, expected_cordoned):
+    bad = [slot(n, services_healthy=False) for n in range(2, 2 + sick)]
+    spare = [slot(n, "idle") for n in range(10, 10 + sick)]
+    p = plan(snap(slot(1), *bad, *spare), decision(1 + sick), replace(R, max_changes_per_cycle=20),
+             replacements_last_hour=R.replacements_per_hour - budget_left)
+    cordoned = [a for a in p.actions if a.kind == A.CORDON and a.reason.startswith("replaced")]
+    assert len(cordoned) == expected_cordoned, kinds(p)
+    assert replacements_in(p) == expected_cordoned
+
+
+# --- a flapping server ---------------------------------------------------------------------------
+
+FLAP = {"vm2": NOW - 60}  # vm2 was seen unresponsive a minute ago
+
+
+@pytest.mark.parametrize("kind, others, flapped, expected", [
+    # answering again, cordoned: a clone brings the capacity, the flapper stays cordoned (drains)
+    ("cordoned", [slot(3, "empty")], FLAP, [("clone", 3)]),
+    ("drained", [slot(3, "empty")], FLAP, [("clone", 3)]),
+    # a stopped VM is powered on rather than the flapper re-enabled
+    ("cordoned", [slot(3, "stopped")], FLAP, [("poweron", 3)]),
+    # capacity short (no other slot): the flapper is still usable
+    ("cordoned", [], FLAP, [("uncordon", 2)]),
+    ("drained", [], FLAP, [("enable", 2)]),
+    # unresponsive long ago (outside the flap window) or never: the cheapest first, as before
+    ("cordoned", [slot(3, "empty")], {"vm2": NOW - R.flap_window_seconds - 1}, [("uncordon", 2)]),
+    ("cordoned", [slot(3, "empty")], None, [("uncordon", 2)]),
+])
+def test_a_flapping_server_is_not_re_enabled_while_other_capacity_can_come(kind, others, flapped, expected):
+    p = plan(snap(slot(1), slot(2, kind), *others), decision(2), R, flapped=flapped)
+    assert [k for k in kinds(p) if k[0] != "terminate" and k[0] != "panic"] == expected, kinds(p)
+
+
+def test_a_serving_flapper_is_replaced_and_a_drained_one_terminated():
+    p = plan(snap(slot(1), slot(2), slot(3, "idle")), decision(2), R, flapped=FLAP)
+    assert ("enable", 3) in kinds(p) and ("cordon", 2) in kinds(p)
+    assert any(a.reason.startswith("replaced") and a.slot == 2 for a in p.actions)
+    # once drained, with its replacement serving, it goes like any drained server
+    p = plan(snap(slot(1), slot(2, "drained"), slot(3)), decision(2), R, flapped=FLAP)
+    assert ("terminate", 2) in kinds(p) and ("enable", 2) not in kinds(p)
+
+
+def test_unresponsive_vms_are_what_the_caller_keeps_for_the_flap_window():
+    from scaler.planner import unresponsive_vms
+    s = snap(slot(1), slot(2, bbb_api_up=False), slot(3, "booting"), slot(4, bbb_api_up=False, in_maintenance=True))
+    assert unresponsive_vms(s, R) == {"vm2": NOW}

@@ -73,13 +73,14 @@ def test_signal_older_than_two_intervals_is_unknown(prom):
     assert s.prometheus_up  # reachable, only stale
 
 
-def test_stale_server_is_left_out_of_per_server(prom):
+def test_stale_server_has_unknown_meetings_not_zero(prom):
     prom.set_pool(100, 4, per_server={"127.0.1.1": (1, 10), "127.0.1.2": (2, 20)})
     prom.answers["min by (server) (timestamp(bbb_meetings{"] = [
         {"metric": {"server": "127.0.1.1"}, "value": [0, "5"]},
         {"metric": {"server": "127.0.1.2"}, "value": [0, "900"]}]
     s = reader(prom.url).read(time.time())
-    assert set(s.per_server) == {"127.0.1.1"}
+    assert s.per_server["127.0.1.1"].meetings == 1
+    assert s.per_server["127.0.1.2"].meetings is None and s.per_server["127.0.1.2"].participants is None
 
 
 def test_prometheus_unreachable_makes_every_signal_unknown_quickly():
@@ -288,3 +289,15 @@ def test_growth_and_history_queries_on_a_backfilled_real_prometheus():
     assert plain > 15
     assert s.participants_yesterday_now.value == 500.0
     assert s.participants_last_week_now.value == 300.0
+
+
+def test_a_server_whose_bbb_api_is_down_is_kept_with_unknown_meetings(prom):
+    # the exporter reports bbb_api_up 0 and no meeting series for a server whose API hangs or refuses
+    prom.set_pool(100, 4, per_server={"127.0.1.1": (1, 10)})
+    prom.answers["bbb_api_up"] = [{"metric": {"server": "127.0.1.1"}, "value": [0, "1"]},
+                                  {"metric": {"server": "127.0.1.2"}, "value": [0, "0"]}]
+    s = reader(prom.url).read(time.time())
+    down = s.per_server["127.0.1.2"]
+    assert down.bbb_api_up is False
+    assert down.meetings is None and down.participants is None  # unknown, never 0
+    assert s.per_server["127.0.1.1"].bbb_api_up is True and s.per_server["127.0.1.1"].meetings == 1
