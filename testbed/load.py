@@ -10,11 +10,12 @@ Trace CSV format (one header line, then one row per sample, `#` lines are commen
     2026-03-02T00:00:00+01:00,0,0
     2026-03-02T00:05:00+01:00,12,1
 
-`time` is ISO 8601 with a UTC offset; between samples the load is interpolated linearly.
+`time` is ISO 8601 with a UTC offset; each row holds until the next one.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import math
@@ -52,23 +53,13 @@ class Trace:
         return self.times[-1]
 
     def at(self, t: float) -> tuple[float, float]:
-        """(participants, meetings) at time t, linearly interpolated; constant outside the trace."""
+        """(participants, meetings) at time t: each row holds until the next one; before the first
+        row the first holds, after the last the last."""
         times = self.times
-        if t <= times[0]:
+        if t < times[0]:
             return float(self.participants[0]), float(self.meetings[0])
-        if t >= times[-1]:
-            return float(self.participants[-1]), float(self.meetings[-1])
-        lo, hi = 0, len(times) - 1
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if times[mid] <= t:
-                lo = mid
-            else:
-                hi = mid
-        frac = (t - times[lo]) / (times[hi] - times[lo])
-        p = self.participants[lo] + frac * (self.participants[hi] - self.participants[lo])
-        m = self.meetings[lo] + frac * (self.meetings[hi] - self.meetings[lo])
-        return p, m
+        i = bisect.bisect_right(times, t) - 1
+        return float(self.participants[i]), float(self.meetings[i])
 
 
 def parse_trace(text: str, name: str = "<trace>") -> Trace:

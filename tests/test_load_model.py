@@ -25,10 +25,13 @@ time,participants,meetings
 """
 
 
-def test_parse_trace_interpolates_linearly_and_holds_outside():
+def test_each_trace_row_holds_until_the_next_and_outside():
     t = parse_trace(GOOD, "t")
     assert t.at(t.start) == (0.0, 0.0)
-    assert t.at(t.start + 300) == (50.0, 5.0)
+    assert t.at(t.start + 300) == (0.0, 0.0)      # the 08:00 row holds until 08:10
+    assert t.at(t.start + 599.9) == (0.0, 0.0)
+    assert t.at(t.start + 600) == (100.0, 10.0)
+    assert t.at(t.start + 900) == (100.0, 10.0)
     assert t.at(t.start - 999) == (0.0, 0.0)
     assert t.at(t.end + 999) == (100.0, 4.0)
     assert t.end - t.start == 1200

@@ -159,12 +159,7 @@ def test_goal_school_week():
     assert d["server_hours"] <= 1.5 * d["lower_bound_server_hours"]
 
 
-WEBINAR_MISS = pytest.mark.xfail(strict=True, reason=(
-    "webinar-evening (a known miss, see docs/backtest.md): 0.73x classic's server-hours and 102 shortfall "
-    "participant-minutes vs 0 on seed 1 (0.72-0.74x, 102-1271 on seeds 1..5): one server overfilled by a burst "
-    "of creates whose meetings then grow; more servers do not relieve it (meetings never move), and every "
-    "variant with less spill costs more than 0.7x classic"))
-VS_CLASSIC = ["conference-day", pytest.param("webinar-evening", marks=WEBINAR_MISS)]
+VS_CLASSIC = ["conference-day", "webinar-evening"]
 
 
 @pytest.mark.parametrize("trace", VS_CLASSIC)
