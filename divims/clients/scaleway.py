@@ -227,7 +227,7 @@ class ScalewayCloud:
     @classmethod
     def from_pool(cls, pool_cfg: Any, pool_name: str | None = None, *, client: Client | None = None
                   ) -> ScalewayCloud:
-        """Builds the client from a `divims.config.PoolConfig` (attribute paths of docs/config-schema.md)."""
+        """Builds the client from a `divims.config.PoolConfig` (`pool.scaleway.*`)."""
         sw = pool_cfg.scaleway
         return cls(pool=pool_name or pool_cfg.name, zone=sw.zone, project_id=sw.project_id, image=sw.image,
                    commercial_type=sw.commercial_type, hostname_template=sw.hostname_template,
