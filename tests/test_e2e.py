@@ -184,3 +184,37 @@ def test_every_dashboard_query_evaluates_and_key_panels_have_data(stack):
     assert errors == []
     missing = {p for p in KEY_PANELS if p not in with_data}
     assert missing == set(), f"key panels with no data: {sorted(missing)}"
+
+
+def test_a_scaleway_error_storm_fires_the_error_metric_and_alerts_then_recovers(stack):
+    """Issue 7 row 2's alert side, with the real pieces: 90 % of Scaleway calls answered 429 ->
+    the exporter's error counter rises, ScalewayAPIErrors fires in Prometheus and reaches the webhook
+    through Alertmanager; after the storm, the pool is served again with no slot holding two VMs."""
+    from reliability_fixtures import record_figure
+
+    world = stack.pool.world
+    faults = world.faults["scaleway"]
+    firing = 'ALERTS{alertname="ScalewayAPIErrors",alertstate="firing"}'
+    assert stack.query(firing) == [], "no Scaleway error alert in normal operation"
+    seen_before = {a["fingerprint"] + a["starts_at"] for a in stack.alerts(alertname="ScalewayAPIErrors")}
+    started = time.monotonic()
+    faults.error_rate, faults.error_status = 0.9, 429
+    try:
+        wait_for(stack, lambda: (stack.scalar('sum(increase(divims_exporter_poll_errors_total'
+                                              '{source="scaleway"}[1m]))') or 0) > 3, 60,
+                 "the exporter counting Scaleway errors")
+        wait_for(stack, lambda: stack.query(firing), 60, "ScalewayAPIErrors firing in Prometheus")
+        wait_for(stack, lambda: [a for a in stack.alerts(alertname="ScalewayAPIErrors")
+                                 if a["fingerprint"] + a["starts_at"] not in seen_before], 60,
+                 "the webhook receiving a new ScalewayAPIErrors")
+        fired_after = time.monotonic() - started
+    finally:
+        faults.error_rate = 0.0
+    wait_for(stack, lambda: len(serving(stack)) >= 2, 90, "two servers serving after the storm")
+    with world.lock:
+        names = [vm.name for vm in world.vms.values()]
+    assert len(names) == len(set(names)), "never two VMs for one slot"
+    errors = stack.scalar('sum(divims_exporter_poll_errors_total{source="scaleway"})') or 0
+    record_figure("2e", f"e2e: 90% 429s from Scaleway: ScalewayAPIErrors at the webhook after {fired_after:.1f} s, "
+                        f"{errors:.0f} exporter Scaleway errors counted, no duplicate VM, pool served again",
+                  seconds=fired_after, errors=errors)
