@@ -29,8 +29,8 @@ from testbed.world import FakeRecording
 __all__ = ["bed"]
 
 DESTRUCTIVE = (ActionKind.CORDON, ActionKind.TERMINATE, ActionKind.PANIC)
-# clone:ip_attached needs flexible_ips on (frozen settings): not covered yet.
-STAGES = ["clone:created", "clone:powered_on", "panic:checked", "terminate:checked",
+# clone:ip_attached runs with flexible IPs on: `test_crash_after_the_ip_is_attached_converges` (bed_ips).
+STAGES = ["clone:created", "clone:powered_on", "cordon:done", "panic:checked", "panic:done", "terminate:checked",
           "terminate:done"]
 
 
@@ -46,9 +46,47 @@ def two_servers_one_busy(scaler, w) -> None:
     converge(scaler, w, lambda: len(enabled_slots(w)) >= 2, cycles=60)
 
 
+@pytest.fixture
+def bed_ips(tmp_path, monkeypatch):
+    """The `bed` pool with flexible IPs on: each slot keeps an IP, attached to each new clone."""
+    from scaler_fixtures import SLOTS, WorldPrometheus, bed_extra
+
+    from divims.config import load_config
+    from testbed.pool import TestbedOptions, TestbedPool
+    from testbed.world import Delays
+
+    delays = Delays(poweron_seconds=0.1, bbb_boot_seconds=0.05, poweroff_seconds=0.05, terminate_seconds=0.05,
+                    recording_seconds=0.3)
+    pool = TestbedPool(TestbedOptions(slots=SLOTS, ssh=False, delays=delays, scalelite_poll_seconds=0.05,
+                                      workdir=str(tmp_path / "bed"))).start()
+    prom = WorldPrometheus(pool.world).start()
+    for k, v in pool.environment().items():
+        monkeypatch.setenv(k, v)
+    extra = bed_extra(tmp_path)
+    extra["pools"][0]["scaleway"]["flexible_ips"] = True
+    settings = load_config(str(pool.write_config(tmp_path / "divims.yml", prometheus_url=prom.url, extra=extra)))
+    yield pool, prom, settings
+    prom.stop()
+    pool.stop()
+
+
+def test_crash_after_the_ip_is_attached_converges(bed_ips):
+    pool, _, settings = bed_ips
+    crash_then_restart(pool, settings, "clone:ip_attached")
+    with pool.world.lock:
+        attached = {ip.server_id for ip in pool.world.ips.values()}
+        names = {vm.id for vm in pool.world.vms.values()}
+    assert names <= attached, "every VM has its slot's IP"
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_crash_at_every_step_converges_without_duplicate_orphan_or_cut(bed, stage):
     pool, _, settings = bed
+    crash_then_restart(pool, settings, stage)
+
+
+def crash_then_restart(pool, settings, stage: str) -> None:
+    """Crashes the scaler at `stage`, restarts it, and checks it converges with nothing lost or doubled."""
     w = pool.world
     s = make_scaler(settings)
     if stage.startswith("clone"):
