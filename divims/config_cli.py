@@ -10,6 +10,13 @@ from divims.config import load_config
 from divims.errors import ConfigError
 
 
+def report(prog: str, exc: ConfigError) -> int:
+    """Prints one line per configuration problem, prefixed by the command; the exit code 2."""
+    for problem in exc.problems:
+        print(f"{prog}: {problem}" if prog else problem, file=sys.stderr)
+    return 2
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
     check = sub.add_parser("check", help="validate a configuration file")
@@ -40,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_config(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        return report("", exc)
     print("configuration is valid")
     for line in summary(settings):
         print(line)

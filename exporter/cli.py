@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from divims.config_cli import report
 from divims.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if args.listen is not None:
             parse_listen(args.listen)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"divims exporter: {problem}", file=sys.stderr)
-        return 2
+        return report("divims exporter", exc)
     except ValueError as exc:
         print(f"divims exporter: --listen: {exc}", file=sys.stderr)
         return 2
@@ -114,9 +113,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         exporter = start_exporter(settings, args.listen)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"divims exporter: {problem}", file=sys.stderr)
-        return 2
+        return report("divims exporter", exc)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -16,6 +16,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from divims.config_cli import report
 from divims.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
             listen = parse_listen(args.listen or settings.scaler.listen)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"divims scaler: {problem}", file=sys.stderr)
-        return 2
+        return report("divims scaler", exc)
     except ValueError as exc:
         print(f"divims scaler: --listen: {exc}", file=sys.stderr)
         return 2
@@ -84,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
             return once_command(settings, pools, dry_run=dry_run)
         return run_command(settings, pools, dry_run=dry_run, listen=listen)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"divims scaler: {problem}", file=sys.stderr)
-        return 2
+        return report("divims scaler", exc)
 
 
 def once_command(settings: Any, pools: list[Any], *, dry_run: bool) -> int:

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -403,20 +404,29 @@ class SimulatedCrash(BaseException):
     """Not an Exception: it goes through every `except Exception`, like a kill between two steps."""
 
 
-@pytest.fixture
-def bed(tmp_path, monkeypatch):
+@contextmanager
+def scenario_bed(tmp_path, monkeypatch, extra: dict | None = None):
+    """A fast TestbedPool, a Prometheus stand-in and the loaded settings (`bed_extra`, or `extra`)."""
     delays = Delays(poweron_seconds=0.1, bbb_boot_seconds=0.05, poweroff_seconds=0.05, terminate_seconds=0.05,
                     recording_seconds=0.3)
     pool = TestbedPool(TestbedOptions(slots=SLOTS, ssh=False, delays=delays, scalelite_poll_seconds=0.05,
                                       workdir=str(tmp_path / "bed"))).start()
     prom = WorldPrometheus(pool.world).start()
-    for k, v in pool.environment().items():
-        monkeypatch.setenv(k, v)
-    path = pool.write_config(tmp_path / "divims.yml", prometheus_url=prom.url, extra=bed_extra(tmp_path))
-    settings = load_config(str(path))
-    yield pool, prom, settings
-    prom.stop()
-    pool.stop()
+    try:
+        for k, v in pool.environment().items():
+            monkeypatch.setenv(k, v)
+        path = pool.write_config(tmp_path / "divims.yml", prometheus_url=prom.url,
+                                 extra=extra if extra is not None else bed_extra(tmp_path))
+        yield pool, prom, load_config(str(path))
+    finally:
+        prom.stop()
+        pool.stop()
+
+
+@pytest.fixture
+def bed(tmp_path, monkeypatch):
+    with scenario_bed(tmp_path, monkeypatch) as parts:
+        yield parts
 
 
 def make_scaler(settings, **kw):

@@ -15,11 +15,13 @@ from scaler_fixtures import (
     add_meetings,
     assert_no_duplicate,
     bed,
+    bed_extra,
     converge,
     cut_meetings,
     enabled_slots,
     make_scaler,
     orphans,
+    scenario_bed,
     vm_names,
 )
 
@@ -49,25 +51,10 @@ def two_servers_one_busy(scaler, w) -> None:
 @pytest.fixture
 def bed_ips(tmp_path, monkeypatch):
     """The `bed` pool with flexible IPs on: each slot keeps an IP, attached to each new clone."""
-    from scaler_fixtures import SLOTS, WorldPrometheus, bed_extra
-
-    from divims.config import load_config
-    from testbed.pool import TestbedOptions, TestbedPool
-    from testbed.world import Delays
-
-    delays = Delays(poweron_seconds=0.1, bbb_boot_seconds=0.05, poweroff_seconds=0.05, terminate_seconds=0.05,
-                    recording_seconds=0.3)
-    pool = TestbedPool(TestbedOptions(slots=SLOTS, ssh=False, delays=delays, scalelite_poll_seconds=0.05,
-                                      workdir=str(tmp_path / "bed"))).start()
-    prom = WorldPrometheus(pool.world).start()
-    for k, v in pool.environment().items():
-        monkeypatch.setenv(k, v)
     extra = bed_extra(tmp_path)
     extra["pools"][0]["scaleway"]["flexible_ips"] = True
-    settings = load_config(str(pool.write_config(tmp_path / "divims.yml", prometheus_url=prom.url, extra=extra)))
-    yield pool, prom, settings
-    prom.stop()
-    pool.stop()
+    with scenario_bed(tmp_path, monkeypatch, extra) as parts:
+        yield parts
 
 
 def test_crash_after_the_ip_is_attached_converges(bed_ips):
