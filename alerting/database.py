@@ -143,12 +143,20 @@ class Database:
                                      f" has been writing for over {self._busy_timeout_ms} ms") from None
                 pause = min(pause * 2, 0.001)
 
-    def batched(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def batched(self, work: Callable[[sqlite3.Connection], T],
+                combine: Callable[[sqlite3.Connection, list[Any]], list[T]] | None = None) -> T:
         """Runs `work(conn)` in a write transaction shared with the callers waiting at the same time
         (group commit: one fsync for all), each in its own savepoint so that one failure undoes only
         its own writes. Returns `work`'s result once the transaction is durably committed; raises
-        StoreError when `work` or the commit failed."""
-        item = _Work(work)
+        StoreError when `work` or the commit failed.
+
+        With `combine`, the works queued with that same `combine` run as one call `combine(conn,
+        works)` in one savepoint, which returns their results in order: a few statements for all of
+        them rather than a few each. That matters under load: sqlite3 releases the GIL for every
+        statement, and the leader, which holds everyone's commit, has to win it back from the threads
+        parsing requests after each one (bench/RESULTS.md). When the combined call raises, its
+        savepoint is undone and each work runs alone in its own, as without `combine`."""
+        item = _Work(work, combine)
         with self._batch_lock:
             self._batch.append(item)
             lead = not self._leader
@@ -181,19 +189,11 @@ class Database:
     def _run_batch(self, batch: list[_Work]) -> None:
         try:
             with self.transaction() as conn:
-                for item in batch:
-                    conn.execute("SAVEPOINT work")
-                    try:
-                        item.result = item.work(conn)
-                        conn.execute("RELEASE work")
-                    except sqlite3.Error as exc:
-                        conn.execute("ROLLBACK TO work")
-                        conn.execute("RELEASE work")
-                        item.error = StoreError(f"database {self.path}: write failed: {exc}")
-                    except Exception as exc:  # a bug in `work`: its caller gets it, the others commit
-                        conn.execute("ROLLBACK TO work")
-                        conn.execute("RELEASE work")
-                        item.error = exc
+                for group in _groups(batch):
+                    if len(group) > 1 and self._run_combined(conn, group):
+                        continue
+                    for item in group:
+                        self._run_alone(conn, item)
         except StoreError as exc:
             for item in batch:
                 item.result, item.error = None, item.error or exc
@@ -203,6 +203,39 @@ class Database:
         finally:
             for item in batch:
                 item.finished = True
+
+    def _run_combined(self, conn: sqlite3.Connection, group: list[_Work]) -> bool:
+        """Runs `group` (works of one `combine`) as one call in one savepoint. False, with nothing of it
+        left in the transaction, when that call failed or did not give one result per work."""
+        conn.execute("SAVEPOINT works")
+        try:
+            results = group[0].combine(conn, [item.work for item in group])
+            if len(results) != len(group):
+                raise ValueError(f"combine gave {len(results)} results for {len(group)} works")
+        except Exception as exc:  # noqa: BLE001 - each work is run alone next, and fails alone
+            conn.execute("ROLLBACK TO works")
+            conn.execute("RELEASE works")
+            log.warning("database %s: %d combined writes failed (%s): running them one by one",
+                        self.path, len(group), exc)
+            return False
+        conn.execute("RELEASE works")
+        for item, result in zip(group, results, strict=True):
+            item.result = result
+        return True
+
+    def _run_alone(self, conn: sqlite3.Connection, item: _Work) -> None:
+        conn.execute("SAVEPOINT work")
+        try:
+            item.result = item.work(conn)
+            conn.execute("RELEASE work")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO work")
+            conn.execute("RELEASE work")
+            item.error = StoreError(f"database {self.path}: write failed: {exc}")
+        except Exception as exc:  # a bug in `work`: its caller gets it, the others commit
+            conn.execute("ROLLBACK TO work")
+            conn.execute("RELEASE work")
+            item.error = exc
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         """Rows of a read-only statement (its own implicit read transaction)."""
@@ -237,13 +270,27 @@ class Database:
         return f"Database({self.path!r})"
 
 
+def _groups(batch: list[_Work]) -> list[list[_Work]]:
+    """`batch` cut into runs of consecutive works that share one `combine` (a work without one is
+    a run of its own); arrival order is kept within and between runs."""
+    groups: list[list[_Work]] = []
+    for item in batch:
+        if groups and item.combine is not None and groups[-1][-1].combine == item.combine:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
 class _Work:
     """One caller's share of a group commit."""
 
-    __slots__ = ("work", "result", "error", "finished", "wake")
+    __slots__ = ("work", "combine", "result", "error", "finished", "wake")
 
-    def __init__(self, work: Callable[[sqlite3.Connection], Any]):
+    def __init__(self, work: Callable[[sqlite3.Connection], Any],
+                 combine: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None):
         self.work = work
+        self.combine = combine
         self.wake = threading.Lock()
         self.wake.acquire()  # a binary semaphore: released once to wake its caller
         self.result: Any = None

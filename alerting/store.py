@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,7 +52,6 @@ CREATE INDEX IF NOT EXISTS alert_transitions_alert ON alert_transitions (fingerp
 """
 
 PRUNE_EVERY_SECONDS = 3600.0
-_SELECT_CHUNK = 500  # fingerprints per SELECT ... IN (...), well under SQLite's variable limit
 
 # One encoder, built once: json.dumps(..., sort_keys=True) builds a new one on every call, and the
 # C encoder made once is 2.5x faster again (20 maps per notification of 10 alerts).
@@ -77,6 +77,115 @@ class Change:
     kind: str
 
 
+# A group commit holds the write lock of every process writing the file while it runs, so the work done
+# under it is kept to a few C calls and a short loop:
+# - what each alert would write is prepared beforehand, by its own request's thread (`_Notification`):
+#   the canonical labels, and its rows already spelt as JSON;
+# - under the lock, one SELECT reads the stored state of every fingerprint of the batch as one JSON
+#   text (json_group_array: one step, whatever the number of rows), one INSERT per table writes all the
+#   new rows from one JSON array (json_each), and the comparisons decide which rows those are.
+# Each statement step is a call that releases the GIL, and the thread holding everyone's commit must win
+# the GIL back from the threads parsing requests after each one: one statement per row, as executemany
+# does, made the commit several times longer than its work under 50 concurrent senders (bench/RESULTS.md).
+_SELECT_CURRENT = ("SELECT json_group_array(json_array(fingerprint, starts_at, status, labels, annotations,"
+                   " ends_at)) FROM alerts WHERE fingerprint IN (SELECT value FROM json_each(?))")
+_INSERT_ALERTS = (
+    "INSERT INTO alerts (fingerprint, starts_at, starts_at_ts, alertname, status, ends_at, ends_at_ts,"
+    " labels, annotations, generator_url, received_at, updated_at) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(12)) + " FROM json_each(?)")
+_INSERT_TRANSITIONS = (
+    "INSERT INTO alert_transitions (fingerprint, starts_at, status, at, ends_at) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(5)) + " FROM json_each(?)")
+_UPDATE_ALERT = ("UPDATE alerts SET status=?, ends_at=?, ends_at_ts=?, labels=?, annotations=?, updated_at=?"
+                 " WHERE fingerprint=? AND starts_at=?")
+_ROWS = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+class _Prepared:
+    """One alert as it would be written, computed outside the write lock."""
+
+    __slots__ = ("alert", "key", "labels", "annotations", "ends_text", "ends_ts", "insert_row", "transition_row")
+
+    def __init__(self, alert: Alert, at: float):
+        self.alert = alert
+        self.key = (alert.fingerprint, alert.starts_at.text)
+        self.labels = _canonical(alert.labels)
+        self.annotations = _canonical(alert.annotations)
+        self.ends_text = alert.ends_at.text if alert.ends_at else None
+        self.ends_ts = alert.ends_at.epoch if alert.ends_at else None
+        self.insert_row = _ROWS.encode((*self.key, alert.starts_at.epoch, alert.alertname, alert.status,
+                                        self.ends_text, self.ends_ts, self.labels, self.annotations,
+                                        alert.generator_url, at, at))
+        self.transition_row = _ROWS.encode((*self.key, alert.status, at, self.ends_text))
+
+
+class _Notification:
+    """One notification's share of a group commit, prepared by its request's thread: run alone, or
+    combined with the others of the batch (`_record_notifications`)."""
+
+    __slots__ = ("at", "prepared", "fingerprints")
+
+    def __init__(self, alerts: Sequence[Alert], at: float):
+        self.at = at
+        self.prepared = [_Prepared(alert, at) for alert in alerts]
+        self.fingerprints = ",".join(_ROWS.encode(a.fingerprint) for a in alerts)
+
+    def __call__(self, conn: sqlite3.Connection) -> list[Change]:
+        return _record_notifications(conn, [self])[0]
+
+
+def _record_notifications(conn: sqlite3.Connection, notifications: Sequence[_Notification]) -> list[list[Change]]:
+    """Records the notifications' alerts in order, as if one by one; returns each one's changes."""
+    fingerprints = ",".join(n.fingerprints for n in notifications if n.fingerprints)
+    current: dict[tuple[str, str], tuple[str, str, str, str | None]] = {}
+    if fingerprints:
+        (stored,), = conn.execute(_SELECT_CURRENT, (f"[{fingerprints}]",))
+        for fp, starts, *state in json.loads(stored):
+            current[(fp, starts)] = tuple(state)
+    inserts: list[str] = []
+    transitions: list[str] = []
+    updates: list[tuple] = []
+    results = []
+    for notification in notifications:
+        at = notification.at
+        changes = []
+        for p in notification.prepared:
+            alert, status = p.alert, p.alert.status
+            row = current.get(p.key)
+            if row is None:
+                inserts.append(p.insert_row)
+                transitions.append(p.transition_row)
+                current[p.key] = (status, p.labels, p.annotations, p.ends_text)
+                kind = "new"
+            elif row[0] == "resolved" and status == "firing":
+                kind = "unchanged"  # a late retry of an older notification: resolved is final
+            elif row[0] != status:
+                updates.append((status, p.ends_text, p.ends_ts, p.labels, p.annotations, at, *p.key))
+                transitions.append(p.transition_row)
+                current[p.key] = (status, p.labels, p.annotations, p.ends_text)
+                kind = "transition"
+            elif (row[1], row[2]) != (p.labels, p.annotations) or (status == "resolved" and row[3] != p.ends_text):
+                kept_ends = row[3] if status == "firing" else p.ends_text
+                # same status (else the branch above): only the content and, once resolved, the end
+                updates.append((status, kept_ends, None if status == "firing" else p.ends_ts,
+                                p.labels, p.annotations, at, *p.key))
+                current[p.key] = (row[0], p.labels, p.annotations, kept_ends)
+                kind = "updated"
+            else:
+                kind = "unchanged"
+            changes.append(Change(alert, kind))
+        results.append(changes)
+    # Inserts are of keys not stored yet and precede any update of the same key; updates and
+    # transitions keep their arrival order: the same table as running them one by one.
+    if inserts:
+        conn.execute(_INSERT_ALERTS, (f"[{','.join(inserts)}]",))
+    if updates:
+        conn.executemany(_UPDATE_ALERT, updates)
+    if transitions:
+        conn.execute(_INSERT_TRANSITIONS, (f"[{','.join(transitions)}]",))
+    return results
+
+
 class AlertStore:
     """The alert history in the SQLite file at `path` (or an open `Database`). Thread-safe."""
 
@@ -98,73 +207,12 @@ class AlertStore:
         """Stores a notification's alerts in one durable transaction; returns what changed per alert.
         Raises StoreError when the write failed (the caller answers 5xx so Alertmanager retries)."""
         at = self._now() if received_at is None else received_at
-        changes = self._db.batched(lambda conn: self._record_many(conn, alerts, at))
+        changes = self._db.batched(_Notification(alerts, at), combine=_record_notifications)
         if at - self._last_prune >= PRUNE_EVERY_SECONDS:
             try:
                 self.prune(at)
             except StoreError as exc:  # housekeeping must not fail a stored notification
                 log.warning("alert store %s: pruning failed: %s", self._db.path, exc)
-        return changes
-
-    @staticmethod
-    def _record_many(conn, alerts: Sequence[Alert], at: float) -> list[Change]:
-        """Records `alerts` in order, as if one by one, with one SELECT per chunk of alerts and one
-        executemany per kind of write (the statements, not the data, dominated the cost per alert)."""
-        current: dict[tuple[str, str], tuple[str, str, str, str | None]] = {}
-        fingerprints = sorted({a.fingerprint for a in alerts})
-        for i in range(0, len(fingerprints), _SELECT_CHUNK):
-            chunk = fingerprints[i:i + _SELECT_CHUNK]
-            rows = conn.execute("SELECT fingerprint, starts_at, status, labels, annotations, ends_at FROM alerts"
-                                f" WHERE fingerprint IN ({','.join('?' * len(chunk))})", chunk)
-            for fp, starts, *state in rows:
-                current[(fp, starts)] = tuple(state)
-        inserts: list[tuple] = []
-        transitions: list[tuple] = []
-        updates: list[tuple] = []
-        changes = []
-        for alert in alerts:
-            key = (alert.fingerprint, alert.starts_at.text)
-            labels = _canonical(alert.labels)
-            annotations = _canonical(alert.annotations)
-            ends_text = alert.ends_at.text if alert.ends_at else None
-            ends_ts = alert.ends_at.epoch if alert.ends_at else None
-            row = current.get(key)
-            if row is None:
-                inserts.append((*key, alert.starts_at.epoch, alert.alertname, alert.status, ends_text, ends_ts,
-                                labels, annotations, alert.generator_url, at, at))
-                transitions.append((*key, alert.status, at, ends_text))
-                current[key] = (alert.status, labels, annotations, ends_text)
-                kind = "new"
-            elif row[0] == "resolved" and alert.status == "firing":
-                kind = "unchanged"  # a late retry of an older notification: resolved is final
-            elif row[0] != alert.status:
-                updates.append((alert.status, ends_text, ends_ts, labels, annotations, at, *key))
-                transitions.append((*key, alert.status, at, ends_text))
-                current[key] = (alert.status, labels, annotations, ends_text)
-                kind = "transition"
-            elif (row[1], row[2]) != (labels, annotations) or (alert.status == "resolved" and row[3] != ends_text):
-                kept_ends = row[3] if alert.status == "firing" else ends_text
-                # same status (else the branch above): only the content and, once resolved, the end
-                updates.append((alert.status, kept_ends, None if alert.status == "firing" else ends_ts,
-                                labels, annotations, at, *key))
-                current[key] = (row[0], labels, annotations, kept_ends)
-                kind = "updated"
-            else:
-                kind = "unchanged"
-            changes.append(Change(alert, kind))
-        # Inserts are of keys not stored yet and precede any update of the same key; updates and
-        # transitions keep their arrival order: the same table as running them one by one.
-        if inserts:
-            conn.executemany(
-                "INSERT INTO alerts (fingerprint, starts_at, starts_at_ts, alertname, status, ends_at,"
-                " ends_at_ts, labels, annotations, generator_url, received_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", inserts)
-        if updates:
-            conn.executemany("UPDATE alerts SET status=?, ends_at=?, ends_at_ts=?, labels=?, annotations=?,"
-                             " updated_at=? WHERE fingerprint=? AND starts_at=?", updates)
-        if transitions:
-            conn.executemany("INSERT INTO alert_transitions (fingerprint, starts_at, status, at, ends_at)"
-                             " VALUES (?,?,?,?,?)", transitions)
         return changes
 
     def list(self, status: str | None = None, alertname: str | None = None, since: float | None = None,
