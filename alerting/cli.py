@@ -27,6 +27,7 @@ from alerting.app import create_app
 from alerting.database import Database, StoreError
 from alerting.requests import RequestQueue
 from alerting.store import AlertStore
+from alerting.writer import WriterClient, WriterServer, listen
 from divims.errors import ConfigError
 from divims.httpserve import WSGIServer
 
@@ -92,6 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # set by the supervisor for its workers only
     parser.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--metrics-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--writer-socket", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     worker_fd = getattr(args, "worker_fd", None)
     workers = getattr(args, "workers", 1)
+    if getattr(args, "writer", False):
+        return _serve_writer(args, settings)
     if worker_fd is not None:
         return _serve(args, settings, None, 0, worker_fd)
     try:
@@ -146,9 +151,11 @@ def _serve(args: argparse.Namespace, settings: Any, host: str | None, port: int,
     worker = worker_fd is not None
     what = f"webhook worker {os.getpid()}" if worker else "webhook"
     stopping = _install_stop_handlers()  # first: a SIGTERM while starting is a clean stop too
+    writer_socket = getattr(args, "writer_socket", None)
     try:
         db = Database(webhook.database)
-        store = AlertStore(db, retention_days=webhook.retention_days)
+        writer = WriterClient(writer_socket) if worker and writer_socket else None
+        store = AlertStore(db, retention_days=webhook.retention_days, writer=writer)
         queue = RequestQueue(db, max_actions_per_hour=settings.alerting.max_actions_per_hour)
         if not worker:  # the supervisor pruned already
             queue.prune(time.time() - webhook.retention_days * 86400)
@@ -180,10 +187,45 @@ def _serve(args: argparse.Namespace, settings: Any, host: str | None, port: int,
     return 0
 
 
+def _serve_writer(args: argparse.Namespace, settings: Any) -> int:
+    """The writer process (alerting.writer): records the workers' notifications into the file."""
+    webhook = settings.alerting.webhook
+    stopping = _install_stop_handlers()
+    try:
+        db = Database(webhook.database)
+    except StoreError as exc:
+        log.error("webhook writer: %s", exc)
+        return 1
+    try:
+        sock = listen(args.writer_socket)
+    except OSError as exc:
+        log.error("webhook writer: cannot listen on %s: %s", args.writer_socket, exc.strerror or exc)
+        db.close()
+        return 1
+    parent = os.getppid()
+    server = WriterServer(db, sock)
+    watcher = threading.Thread(target=_stop_when_orphaned, args=(parent, stopping), daemon=True)
+    watcher.start()
+    log.info("webhook writer %d: writing %s", os.getpid(), webhook.database)
+    server.serve(stopping)
+    sock.close()
+    db.close()
+    log.info("webhook writer %d: stopped (%d notifications in %d commits)", os.getpid(), server.notifications,
+             server.batches)
+    return 0
+
+
+def _stop_when_orphaned(parent: int, stopping: threading.Event) -> None:
+    while not stopping.wait(1.0):
+        if os.getppid() != parent:  # the supervisor died (SIGKILL)
+            log.error("webhook writer: the supervisor %d is gone, stopping", parent)
+            stopping.set()
+
+
 def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, workers: int) -> int:
-    """Opens the socket and the database, runs `workers` worker processes on the socket until
-    SIGTERM/SIGINT, restarting any that dies; then stops them all (SIGTERM, SIGKILL after
-    STOP_TIMEOUT_SECONDS). Returns 0 on a clean stop."""
+    """Opens the socket and the database, runs the writer process and `workers` worker processes on
+    the socket until SIGTERM/SIGINT, restarting any that dies; then stops them all, the workers first
+    (SIGTERM, SIGKILL after STOP_TIMEOUT_SECONDS). Returns 0 on a clean stop."""
     webhook = settings.alerting.webhook
     try:
         # Schema and pruning once, here: a bad path fails now with exit code 1, not in every worker.
@@ -201,27 +243,38 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
         log.error("webhook: cannot start on %s:%d: %s", host, port, exc.strerror or exc)
         return 1
     sock.set_inheritable(True)
-    metrics_dir = tempfile.mkdtemp(prefix="divims-webhook-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    command = [sys.executable, "-m", "alerting.cli", *(["--config", args.config] if args.config else []),
-               "--threads", str(max(1, args.threads)), "--worker-fd", str(sock.fileno()),
-               "--metrics-dir", metrics_dir]
+    # private (0700): the workers' metric files and the writer's socket
+    run_dir = tempfile.mkdtemp(prefix="divims-webhook-")
+    writer_socket = os.path.join(run_dir, "writer.sock")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": run_dir}
+    base = [sys.executable, "-m", "alerting.cli", *(["--config", args.config] if args.config else []),
+            "--writer-socket", writer_socket]
+    # slot 0 is the writer, 1..workers the workers
+    commands = [base + ["--writer"]] + [base + ["--threads", str(max(1, args.threads)), "--worker-fd",
+                                                str(sock.fileno()), "--metrics-dir", run_dir]] * workers
+    names = ["writer"] + [f"worker {i}" for i in range(workers)]
     stopping = _install_stop_handlers()
-    procs: list[subprocess.Popen | None] = [None] * workers
-    started = [0.0] * workers
-    pauses = [0.0] * workers
-    next_start = [0.0] * workers
+    procs: list[subprocess.Popen | None] = [None] * len(commands)
+    started = [0.0] * len(commands)
+    pauses = [0.0] * len(commands)
+    next_start = [0.0] * len(commands)
 
     def spawn(i: int) -> None:
-        procs[i] = subprocess.Popen(command, pass_fds=(sock.fileno(),), env=env)
+        procs[i] = subprocess.Popen(commands[i], pass_fds=(sock.fileno(),) if i else (), env=env)
         started[i] = time.monotonic()
-        log.info("webhook: worker %d started (pid %d)", i, procs[i].pid)
+        log.info("webhook: %s started (pid %d)", names[i], procs[i].pid)
 
     host_text = f"[{host}]" if ":" in host else host
+    code = 0
     try:
-        for i in range(workers):
+        spawn(0)
+        if not _wait_for_writer(writer_socket, procs[0], stopping):
+            log.error("webhook: the writer process did not start (exit code %s)", procs[0].poll())
+            code = 1
+            return code
+        for i in range(1, len(commands)):
             spawn(i)
-        log.info("webhook: listening on http://%s:%d with %d workers (auth %s, database %s)",
+        log.info("webhook: listening on http://%s:%d with %d workers and a writer (auth %s, database %s)",
                  host_text, sock.getsockname()[1], workers, webhook.auth, webhook.database)
         while not stopping.wait(0.2):
             now = time.monotonic()
@@ -229,29 +282,51 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
                 if proc is not None and proc.poll() is not None:
                     quick = now - started[i] < CRASH_WINDOW_SECONDS
                     pauses[i] = min(30.0, max(1.0, pauses[i] * 2)) if quick else 0.0
-                    log.error("webhook: worker %d (pid %d) exited with %s, restarting%s", i, proc.pid,
+                    log.error("webhook: %s (pid %d) exited with %s, restarting%s", names[i], proc.pid,
                               proc.returncode, f" in {pauses[i]:.0f} s" if pauses[i] else "")
                     procs[i], next_start[i] = None, now + pauses[i]
                 if procs[i] is None and now >= next_start[i]:
                     spawn(i)
     finally:
-        live = [p for p in procs if p is not None]
-        for proc in live:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for proc in live:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.error("webhook: worker pid %d did not stop in %.0f s, killing it", proc.pid,
-                          STOP_TIMEOUT_SECONDS)
-                proc.kill()
-                proc.wait()
+        # the workers first, so that the requests they are finishing can still be written
+        _stop_all([p for p in procs[1:] if p is not None])
+        _stop_all([p for p in procs[:1] if p is not None])
         sock.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
     log.info("webhook: stopped")
-    return 0
+    return code
+
+
+def _wait_for_writer(path: str, proc: subprocess.Popen, stopping: threading.Event, seconds: float = 20.0) -> bool:
+    """True once the writer at `path` answers a ping; False when it exited, or did not in `seconds`."""
+    client = WriterClient(path, timeout=2.0, connect_seconds=0.0)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and not stopping.is_set():
+            if proc.poll() is not None:
+                return False
+            try:
+                client.ping()
+                return True
+            except StoreError:
+                time.sleep(0.05)
+        return False
+    finally:
+        client.close()
+
+
+def _stop_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("webhook: pid %d did not stop in %.0f s, killing it", proc.pid, STOP_TIMEOUT_SECONDS)
+            proc.kill()
+            proc.wait()
 
 
 class _AtMostEvery(logging.Filter):

@@ -186,6 +186,16 @@ class Database:
                     self._leader = False
         return item.outcome()
 
+    def write_batch(self, works: list[Callable[[sqlite3.Connection], Any]],
+                    combine: Callable[[sqlite3.Connection, list[Any]], list[Any]] | None = None
+                    ) -> list[tuple[Any, BaseException | None]]:
+        """Runs `works` in one transaction now, as a group commit of those callers would (the same
+        savepoints, the same `combine` and fallback); returns (result, error) for each. For a caller
+        that batches by itself (the writer process, alerting.writer)."""
+        items = [_Work(work, combine) for work in works]
+        self._run_batch(items)
+        return [(item.result, item.error) for item in items]
+
     def _run_batch(self, batch: list[_Work]) -> None:
         try:
             with self.transaction() as conn:

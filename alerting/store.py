@@ -79,7 +79,7 @@ class Change:
 
 # A group commit holds the write lock of every process writing the file while it runs, so the work done
 # under it is kept to a few C calls and a short loop:
-# - what each alert would write is prepared beforehand, by its own request's thread (`_Notification`):
+# - what each alert would write is prepared beforehand, by its request's thread (PreparedNotification):
 #   the canonical labels, and its rows already spelt as JSON;
 # - under the lock, one SELECT reads the stored state of every fingerprint of the batch as one JSON
 #   text (json_group_array: one step, whatever the number of rows), one INSERT per table writes all the
@@ -101,41 +101,40 @@ _UPDATE_ALERT = ("UPDATE alerts SET status=?, ends_at=?, ends_at_ts=?, labels=?,
 _ROWS = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
-class _Prepared:
-    """One alert as it would be written, computed outside the write lock."""
+class PreparedNotification:
+    """One notification's writes, prepared by its request's thread, outside the write lock: for each
+    alert the tuple (key, status, labels, annotations, ends_text, ends_ts, insert_row, transition_row),
+    the rows already spelt as JSON. Plain values only, so that a worker process can hand it to the
+    writer process (alerting.writer). Run alone, or combined with the others of a group commit."""
 
-    __slots__ = ("alert", "key", "labels", "annotations", "ends_text", "ends_ts", "insert_row", "transition_row")
+    __slots__ = ("at", "rows", "fingerprints")
 
-    def __init__(self, alert: Alert, at: float):
-        self.alert = alert
-        self.key = (alert.fingerprint, alert.starts_at.text)
-        self.labels = _canonical(alert.labels)
-        self.annotations = _canonical(alert.annotations)
-        self.ends_text = alert.ends_at.text if alert.ends_at else None
-        self.ends_ts = alert.ends_at.epoch if alert.ends_at else None
-        self.insert_row = _ROWS.encode((*self.key, alert.starts_at.epoch, alert.alertname, alert.status,
-                                        self.ends_text, self.ends_ts, self.labels, self.annotations,
-                                        alert.generator_url, at, at))
-        self.transition_row = _ROWS.encode((*self.key, alert.status, at, self.ends_text))
-
-
-class _Notification:
-    """One notification's share of a group commit, prepared by its request's thread: run alone, or
-    combined with the others of the batch (`_record_notifications`)."""
-
-    __slots__ = ("at", "prepared", "fingerprints")
-
-    def __init__(self, alerts: Sequence[Alert], at: float):
+    def __init__(self, at: float, rows: tuple, fingerprints: str):
         self.at = at
-        self.prepared = [_Prepared(alert, at) for alert in alerts]
-        self.fingerprints = ",".join(_ROWS.encode(a.fingerprint) for a in alerts)
+        self.rows = rows
+        self.fingerprints = fingerprints  # the JSON spellings of the fingerprints, comma-separated
 
-    def __call__(self, conn: sqlite3.Connection) -> list[Change]:
-        return _record_notifications(conn, [self])[0]
+    @classmethod
+    def of(cls, alerts: Sequence[Alert], at: float) -> PreparedNotification:
+        rows = []
+        for alert in alerts:
+            key = (alert.fingerprint, alert.starts_at.text)
+            labels, annotations = _canonical(alert.labels), _canonical(alert.annotations)
+            ends_text = alert.ends_at.text if alert.ends_at else None
+            ends_ts = alert.ends_at.epoch if alert.ends_at else None
+            rows.append((key, alert.status, labels, annotations, ends_text, ends_ts,
+                         _ROWS.encode((*key, alert.starts_at.epoch, alert.alertname, alert.status, ends_text,
+                                       ends_ts, labels, annotations, alert.generator_url, at, at)),
+                         _ROWS.encode((*key, alert.status, at, ends_text))))
+        return cls(at, tuple(rows), ",".join(_ROWS.encode(a.fingerprint) for a in alerts))
+
+    def __call__(self, conn: sqlite3.Connection) -> list[str]:
+        return record_prepared(conn, [self])[0]
 
 
-def _record_notifications(conn: sqlite3.Connection, notifications: Sequence[_Notification]) -> list[list[Change]]:
-    """Records the notifications' alerts in order, as if one by one; returns each one's changes."""
+def record_prepared(conn: sqlite3.Connection, notifications: Sequence[PreparedNotification]) -> list[list[str]]:
+    """Records the notifications' alerts in order, as if one by one; returns for each notification
+    what recording each of its alerts did (`Change.kind`)."""
     fingerprints = ",".join(n.fingerprints for n in notifications if n.fingerprints)
     current: dict[tuple[str, str], tuple[str, str, str, str | None]] = {}
     if fingerprints:
@@ -148,33 +147,32 @@ def _record_notifications(conn: sqlite3.Connection, notifications: Sequence[_Not
     results = []
     for notification in notifications:
         at = notification.at
-        changes = []
-        for p in notification.prepared:
-            alert, status = p.alert, p.alert.status
-            row = current.get(p.key)
+        kinds = []
+        for key, status, labels, notes, ends_text, ends_ts, insert_row, transition_row in notification.rows:
+            row = current.get(key)
             if row is None:
-                inserts.append(p.insert_row)
-                transitions.append(p.transition_row)
-                current[p.key] = (status, p.labels, p.annotations, p.ends_text)
+                inserts.append(insert_row)
+                transitions.append(transition_row)
+                current[key] = (status, labels, notes, ends_text)
                 kind = "new"
             elif row[0] == "resolved" and status == "firing":
                 kind = "unchanged"  # a late retry of an older notification: resolved is final
             elif row[0] != status:
-                updates.append((status, p.ends_text, p.ends_ts, p.labels, p.annotations, at, *p.key))
-                transitions.append(p.transition_row)
-                current[p.key] = (status, p.labels, p.annotations, p.ends_text)
+                updates.append((status, ends_text, ends_ts, labels, notes, at, *key))
+                transitions.append(transition_row)
+                current[key] = (status, labels, notes, ends_text)
                 kind = "transition"
-            elif (row[1], row[2]) != (p.labels, p.annotations) or (status == "resolved" and row[3] != p.ends_text):
-                kept_ends = row[3] if status == "firing" else p.ends_text
+            elif (row[1], row[2]) != (labels, notes) or (status == "resolved" and row[3] != ends_text):
+                kept_ends = row[3] if status == "firing" else ends_text
                 # same status (else the branch above): only the content and, once resolved, the end
-                updates.append((status, kept_ends, None if status == "firing" else p.ends_ts,
-                                p.labels, p.annotations, at, *p.key))
-                current[p.key] = (row[0], p.labels, p.annotations, kept_ends)
+                updates.append((status, kept_ends, None if status == "firing" else ends_ts,
+                                labels, notes, at, *key))
+                current[key] = (row[0], labels, notes, kept_ends)
                 kind = "updated"
             else:
                 kind = "unchanged"
-            changes.append(Change(alert, kind))
-        results.append(changes)
+            kinds.append(kind)
+        results.append(kinds)
     # Inserts are of keys not stored yet and precede any update of the same key; updates and
     # transitions keep their arrival order: the same table as running them one by one.
     if inserts:
@@ -187,10 +185,15 @@ def _record_notifications(conn: sqlite3.Connection, notifications: Sequence[_Not
 
 
 class AlertStore:
-    """The alert history in the SQLite file at `path` (or an open `Database`). Thread-safe."""
+    """The alert history in the SQLite file at `path` (or an open `Database`). Thread-safe.
+    Several processes may record into one file: SQLite's write lock and the (fingerprint, starts_at)
+    key keep every promise across them."""
 
     def __init__(self, path: str | Path | Database, retention_days: float = 90,
-                 now: Callable[[], float] = time.time):
+                 now: Callable[[], float] = time.time, writer: Any = None):
+        """`writer` (an alerting.writer.WriterClient), when given, does the recording in the writer
+        process; this store still reads, lists and prunes the file itself."""
+        self._writer = writer
         self._db = path if isinstance(path, Database) else Database(path)
         self._owns_db = not isinstance(path, Database)
         self.retention_seconds = float(retention_days) * 86400
@@ -207,7 +210,12 @@ class AlertStore:
         """Stores a notification's alerts in one durable transaction; returns what changed per alert.
         Raises StoreError when the write failed (the caller answers 5xx so Alertmanager retries)."""
         at = self._now() if received_at is None else received_at
-        changes = self._db.batched(_Notification(alerts, at), combine=_record_notifications)
+        prepared = PreparedNotification.of(alerts, at)
+        if self._writer is not None:
+            kinds = self._writer.record(prepared)
+        else:
+            kinds = self._db.batched(prepared, combine=record_prepared)
+        changes = [Change(alert, kind) for alert, kind in zip(alerts, kinds, strict=True)]
         if at - self._last_prune >= PRUNE_EVERY_SECONDS:
             try:
                 self.prune(at)
@@ -275,8 +283,10 @@ class AlertStore:
         return gone
 
     def ping(self) -> None:
-        """Raises StoreError unless the database answers."""
+        """Raises StoreError unless the database answers (and the writer process, when there is one)."""
         self._db.query("SELECT 1")
+        if self._writer is not None:
+            self._writer.ping()
 
     def close(self) -> None:
         if self._owns_db:

@@ -88,11 +88,27 @@ def test_replays_and_requests_stay_once_per_occurrence_across_processes(tmp_path
     assert sorted(claims) == sorted(next(iter(v)) for v in ids.values())  # each claimed exactly once
 
 
-def _children(pid: int) -> set[int]:
+def _all_children(pid: int) -> set[int]:
     try:
         return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
     except OSError:
         return set()
+
+
+def _is_writer(pid: int) -> bool:
+    try:
+        return b"--writer" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> set[int]:
+    """The supervisor's worker processes (not its writer)."""
+    return {c for c in _all_children(pid) if not _is_writer(c)}
+
+
+def _writer(pid: int) -> int | None:
+    return next((c for c in _all_children(pid) if _is_writer(c)), None)
 
 
 def _firing_total(base: str) -> float:
@@ -214,3 +230,77 @@ def test_workers_share_socket_and_file_count_everything_restart_and_stop(tmp_pat
     assert TOKEN not in out + err
     assert "with 2 workers" in err and "exited with -9, restarting" in err
     assert len(re.findall(r"webhook worker \d+: stopped", err)) == 2
+
+
+def test_a_killed_writer_fails_requests_with_503_then_is_restarted_and_nothing_is_lost(tmp_path):
+    """The writer process dies (SIGKILL) under load: each request either got 200 (then it is stored)
+    or a 503 (Alertmanager retries); none hangs; the writer is restarted and the retries are stored
+    once."""
+    from test_alerting_cli import free_port
+
+    port = free_port()
+    db = tmp_path / "w.sqlite"
+    doc = {"pools": [pool_dict("p1")], "logging": {"level": "INFO"},
+           "alerting": {"webhook": {"token": TOKEN, "database": str(db)}}}
+    config = tmp_path / "divims.yml"
+    config.write_text(yaml.safe_dump(doc))
+    config.chmod(0o600)
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "webhook.log"
+    proc = subprocess.Popen([sys.executable, "-m", "alerting.cli", "--config", str(config), "--listen",
+                             f"127.0.0.1:{port}", "--workers", "2", "--threads", "4"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))  # a file: a pipe fills up
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def sender(n: int) -> None:
+        session = requests.Session()
+        i = 0
+        while not stop.is_set():
+            body = notification(alert(f"Crash{n}", status="firing", pool="p1", fingerprint=f"c{n:02d}{i:05d}"))
+            r = session.post(f"{base}/alertmanager", json=body, headers=auth_headers(), timeout=20)
+            with lock:
+                outcomes[body["alerts"][0]["fingerprint"]] = r.status_code
+            if r.status_code != 200:  # as Alertmanager does: the same notification again, later
+                time.sleep(0.05)
+                continue
+            i += 1
+
+    try:
+        _wait_healthy(base, proc, 2)
+        writer = _writer(proc.pid)
+        assert writer is not None
+        threads = [threading.Thread(target=sender, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        os.kill(writer, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _writer(proc.pid) in (None, writer):
+            assert time.monotonic() < deadline, "the writer was not restarted"
+            time.sleep(0.05)
+        fresh = _writer(proc.pid)
+        time.sleep(1.5)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads), "a request hung"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = log.read_text()
+    assert fresh != writer
+    assert set(outcomes.values()) <= {200, 503}, Counter(outcomes.values())
+    assert "writer (pid" in err and "exited with -9, restarting" in err
+    with sqlite3.connect(db) as conn:
+        stored = {fp for (fp,) in conn.execute("SELECT fingerprint FROM alerts")}
+        transitions = conn.execute("SELECT COUNT(*) FROM alert_transitions").fetchone()[0]
+    answered = {fp for fp, code in outcomes.items() if code == 200}
+    assert answered and answered <= stored  # every 200 is stored
+    assert len(stored) == transitions  # nothing recorded twice
+    assert stored <= set(outcomes)  # nothing invented
