@@ -129,70 +129,65 @@ class WriterServer:
                 pass  # that worker is gone: its request fails there, and Alertmanager retries
 
 
-class _Reply:
-    __slots__ = ("wake", "kinds", "error")
-
-    def __init__(self) -> None:
-        self.wake = threading.Lock()
-        self.wake.acquire()  # released once, by the reader thread
-        self.kinds: tuple | None = None
-        self.error: str | None = None
-
-
-class _Connection:
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.pending: dict[int, _Reply] = {}
-        self.alive = True
-
-
 class WriterClient:
     """A worker's side: `record(prepared)` has the writer process at `path` record a notification and
-    returns the kinds of change. Thread-safe; one connection, shared by the worker's threads, opened on
-    first use and again after the writer restarted. Raises StoreError when the writer cannot be
+    returns the kinds of change. Thread-safe: each thread has its own connection, opened on first use
+    and again after the writer restarted, with one request at a time on it, so a thread reads its own
+    answer (no reply thread to wake, no hand-over). Raises StoreError when the writer cannot be
     reached within `connect_seconds`, does not answer within `timeout`, or failed to write."""
 
     def __init__(self, path: str, timeout: float = 10.0, connect_seconds: float = 2.0):
         self.path = path
         self.timeout = timeout
         self.connect_seconds = connect_seconds
-        self._lock = threading.Lock()       # the connection and its pending replies
-        self._send_lock = threading.Lock()  # one frame at a time on the socket
-        self._connection: _Connection | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
         self._ids = itertools.count(1)
 
     def record(self, prepared: PreparedNotification) -> list[str]:
-        reply = self._ask(lambda rid: (rid, prepared.at, prepared.fingerprints, prepared.rows))
-        return list(reply.kinds or ())
+        kinds, _ = self._ask((next(self._ids), prepared.at, prepared.fingerprints, prepared.rows))
+        return list(kinds or ())
 
     def ping(self) -> None:
         """Raises StoreError unless the writer answers."""
-        self._ask(lambda rid: (rid,))
+        self._ask((next(self._ids),))
 
-    def _ask(self, request: Any) -> _Reply:
-        reply = _Reply()
-        with self._lock:
-            connection = self._connection if self._connection and self._connection.alive else self._connect()
-            rid = next(self._ids)
-            connection.pending[rid] = reply
+    def _ask(self, request: tuple) -> tuple:
+        sock = getattr(self._local, "sock", None) or self._connect()
         try:
-            with self._send_lock:
-                connection.sock.sendall(_frame(request(rid)))
+            sock.sendall(_frame(request))
+            buffer = bytearray()
+            while True:
+                replies = _frames(buffer)
+                if replies:
+                    break
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionError("the alert writer closed the connection")
+                buffer += chunk
+            rid, kinds, error = replies[0]
+            if rid != request[0] or len(replies) > 1 or buffer:
+                raise ValueError(f"an answer to request {rid} for request {request[0]}")
+        except TimeoutError:
+            self._drop(sock)
+            raise StoreError(f"the alert writer did not answer within {self.timeout:g} s") from None
         except OSError as exc:
-            self._lost(connection, f"cannot send to the alert writer: {exc.strerror or exc}")
-        if not reply.wake.acquire(timeout=self.timeout):
-            with self._lock:
-                connection.pending.pop(rid, None)
-            raise StoreError(f"the alert writer did not answer within {self.timeout:.0f} s")
-        if reply.error is not None:
-            raise StoreError(reply.error)
-        return reply
+            self._drop(sock)
+            why = str(exc) if isinstance(exc, ConnectionError) and not exc.errno else exc.strerror or exc
+            raise StoreError(f"the alert writer connection failed: {why}") from None
+        except (ValueError, EOFError, TypeError) as exc:
+            self._drop(sock)
+            raise StoreError(f"a malformed reply from the alert writer ({exc})") from None
+        if error is not None:
+            raise StoreError(error)
+        return kinds, rid
 
-    def _connect(self) -> _Connection:
-        """Called with self._lock held."""
+    def _connect(self) -> socket.socket:
         deadline = time.monotonic() + self.connect_seconds
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
             try:
                 sock.connect(self.path)
                 break
@@ -201,57 +196,32 @@ class WriterClient:
                 if time.monotonic() >= deadline:
                     raise StoreError(f"the alert writer is not running ({exc.strerror or exc})") from None
                 time.sleep(0.05)
-        connection = _Connection(sock)
-        self._connection = connection
-        threading.Thread(target=self._read, args=(connection,), name="divims-writer-replies",
-                         daemon=True).start()
-        return connection
-
-    def _read(self, connection: _Connection) -> None:
-        buffer = bytearray()
-        why = "the alert writer closed the connection"
-        while True:
-            try:
-                chunk = connection.sock.recv(1 << 20)
-            except OSError as exc:
-                why = f"the alert writer connection failed: {exc.strerror or exc}"
-                break
-            if not chunk:
-                break
-            buffer += chunk
-            try:
-                replies = _frames(buffer)
-            except (ValueError, EOFError, TypeError) as exc:
-                why = f"a malformed reply from the alert writer ({exc})"
-                break
-            for rid, kinds, error in replies:
-                with self._lock:
-                    reply = connection.pending.pop(rid, None)
-                if reply is not None:
-                    reply.kinds, reply.error = kinds, error
-                    reply.wake.release()
-        self._lost(connection, why)
-
-    def _lost(self, connection: _Connection, why: str) -> None:
-        """Fails every request waiting on `connection` with `why`; the next request reconnects."""
+        self._local.sock = sock
         with self._lock:
-            connection.alive = False
-            if self._connection is connection:
-                self._connection = None
-            waiting, connection.pending = list(connection.pending.values()), {}
+            self._sockets.add(sock)
+        return sock
+
+    def _drop(self, sock: socket.socket) -> None:
+        """Forgets this thread's connection (the next request reconnects)."""
+        if getattr(self._local, "sock", None) is sock:
+            self._local.sock = None
+        with self._lock:
+            self._sockets.discard(sock)
         try:
-            connection.sock.close()
+            sock.close()
         except OSError:
             pass
-        for reply in waiting:
-            reply.error = why
-            reply.wake.release()
 
     def close(self) -> None:
+        """Closes every thread's connection."""
         with self._lock:
-            connection = self._connection
-        if connection is not None:
-            self._lost(connection, "closed")
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self._local = threading.local()
 
 
 def listen(path: str) -> socket.socket:
