@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -77,8 +78,11 @@ def notification(sender: int, seq: int, alerts: int) -> bytes:
     return json.dumps(body).encode()
 
 
-def sender_process(url: str, senders: list[int], per_sender: int, alerts: int, out: mp.Queue) -> None:
-    """Runs its share of the senders as threads; puts (latencies, statuses) on `out`.
+def sender_process(url: str, senders: list[int], per_sender: int, alerts: int, out: mp.Queue,
+                   start: Any) -> None:
+    """Runs its share of the senders as threads; puts (latencies, statuses, CPU seconds) on `out`.
+    Builds its requests and connects first, then waits at the `start` barrier with the other sender
+    processes and the clock: the measured window holds sending only.
 
     Each sender is one keep-alive connection (as Alertmanager keeps one per receiver) on http.client:
     `requests` costs about a millisecond of CPU per call, and on a 2-core machine the senders' CPU is
@@ -90,8 +94,13 @@ def sender_process(url: str, senders: list[int], per_sender: int, alerts: int, o
     bodies = {s: [notification(s, q, alerts) for q in range(per_sender)] for s in senders}
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
+    connections = {}
+    for sender in senders:
+        connections[sender] = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+        connections[sender].connect()
+
     def one(sender: int) -> None:
-        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+        conn = connections[sender]
         mine, codes = [], {}
         for body in bodies[sender]:
             t = time.perf_counter()
@@ -112,11 +121,13 @@ def sender_process(url: str, senders: list[int], per_sender: int, alerts: int, o
                 statuses[k] = statuses.get(k, 0) + v
 
     threads = [threading.Thread(target=one, args=(s,)) for s in senders]
+    start.wait()
+    cpu = time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    out.put((latencies, statuses))
+    out.put((latencies, statuses, time.process_time() - cpu))
 
 
 def _content_length(header: bytes) -> int:
@@ -128,7 +139,8 @@ def _content_length(header: bytes) -> int:
     return 0
 
 
-def lean_sender_process(url: str, senders: list[int], per_sender: int, alerts: int, out: mp.Queue) -> None:
+def lean_sender_process(url: str, senders: list[int], per_sender: int, alerts: int, out: mp.Queue,
+                        start: Any) -> None:
     """Like `sender_process`, with a load generator that costs the shared cores as little as it can:
     one thread drives all its connections from epoll, each request is one prebuilt buffer sent with
     one `send`, and a response is read only as far as its status and Content-Length (waitress always
@@ -163,11 +175,16 @@ def lean_sender_process(url: str, senders: list[int], per_sender: int, alerts: i
         latencies.append(time.perf_counter() - started)
         statuses[code] = statuses.get(code, 0) + 1
 
+    entries = []
     for sender in senders:
         sock = connect(sender)
         entry = [sender, sock, 0, 0.0, b""]
         state[sock.fileno()] = entry
         selector.register(sock, selectors.EVENT_READ, entry)
+        entries.append(entry)
+    start.wait()
+    cpu = time.process_time()
+    for entry in entries:
         send_next(entry)
     while selector.get_map():
         for key, _ in selector.select(timeout=30):
@@ -200,7 +217,7 @@ def lean_sender_process(url: str, senders: list[int], per_sender: int, alerts: i
             count(buffer[9:12].decode(), entry[3])
             entry[2] += 1
             send_next(entry)
-    out.put((latencies, statuses))
+    out.put((latencies, statuses, time.process_time() - cpu))
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -264,28 +281,28 @@ def run(notifications: int, alerts: int, senders: int, processes: int, threads: 
                 time.sleep(0.1)
             per_sender = notifications // senders
             load_before = load_text()
-            cpu_before = tree_cpu_seconds(server.pid)
-            senders_before = os.times()
-            groups = [list(range(senders))[i::processes] for i in range(processes)]
+            groups = [g for g in (list(range(senders))[i::processes] for i in range(processes)) if g]
             out: mp.Queue = mp.Queue()
-            started = time.perf_counter()
-            procs = [mp.Process(target=SENDERS[client], args=(f"{base}/alertmanager", g, per_sender, alerts, out))
-                     for g in groups if g]
+            start = mp.Barrier(len(groups) + 1)
+            procs = [mp.Process(target=SENDERS[client],
+                                args=(f"{base}/alertmanager", g, per_sender, alerts, out, start)) for g in groups]
             for p in procs:
                 p.start()
+            start.wait(60)  # every sender has built its requests and connected
+            cpu_before = tree_cpu_seconds(server.pid)
+            started = time.perf_counter()
             results = [out.get() for _ in procs]
             for p in procs:
                 p.join()
             elapsed = time.perf_counter() - started
             cpu_after = tree_cpu_seconds(server.pid)
-            senders_after = os.times()  # the sender processes are joined; the server is not reaped yet
             load_after = load_text()
         finally:
             server.terminate()
             server.wait(15)
-        latencies = [x for lat, _ in results for x in lat]
+        latencies = [x for lat, _, _ in results for x in lat]
         statuses: dict[str, int] = {}
-        for _, st in results:
+        for _, st, _ in results:
             for k, v in st.items():
                 statuses[k] = statuses.get(k, 0) + v
         with sqlite3.connect(tmp / "webhook.sqlite") as db:
@@ -299,8 +316,7 @@ def run(notifications: int, alerts: int, senders: int, processes: int, threads: 
                 "load_after": load_after,
                 "server_cpu_ms": None if cpu_before is None or cpu_after is None
                 else (cpu_after - cpu_before) / sent * 1000,
-                "senders_cpu_ms": (senders_after.children_user + senders_after.children_system
-                                   - senders_before.children_user - senders_before.children_system) / sent * 1000}
+                "senders_cpu_ms": sum(cpu for _, _, cpu in results) / sent * 1000}
 
 
 def main(argv: list[str] | None = None) -> int:
