@@ -95,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--writer-socket", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--writer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--supervisor", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,7 +172,8 @@ def _serve(args: argparse.Namespace, settings: Any, host: str | None, port: int,
         log.error("%s: cannot start on %s:%d: %s", what, host, port, exc)
         db.close()
         return 2 if isinstance(exc, ValueError) else 1
-    parent = os.getppid()
+    # the supervisor's pid as it says (a child reading getppid() late would miss a supervisor dead already)
+    parent = getattr(args, "supervisor", None) or os.getppid()
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     server.start()
     log.info("%s: listening on %s (auth %s, database %s)", what, server.url, webhook.auth, webhook.database)
@@ -202,7 +204,7 @@ def _serve_writer(args: argparse.Namespace, settings: Any) -> int:
         log.error("webhook writer: cannot listen on %s: %s", args.writer_socket, exc.strerror or exc)
         db.close()
         return 1
-    parent = os.getppid()
+    parent = getattr(args, "supervisor", None) or os.getppid()
     server = WriterServer(db, sock)
     watcher = threading.Thread(target=_stop_when_orphaned, args=(parent, stopping), daemon=True)
     watcher.start()
@@ -248,7 +250,7 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
     writer_socket = os.path.join(run_dir, "writer.sock")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": run_dir}
     base = [sys.executable, "-m", "alerting.cli", *(["--config", args.config] if args.config else []),
-            "--writer-socket", writer_socket]
+            "--writer-socket", writer_socket, "--supervisor", str(os.getpid())]
     # slot 0 is the writer, 1..workers the workers
     commands = [base + ["--writer"]] + [base + ["--threads", str(max(1, args.threads)), "--worker-fd",
                                                 str(sock.fileno()), "--metrics-dir", run_dir]] * workers

@@ -14,7 +14,7 @@ dies, the workers' requests in flight fail with StoreError (503: Alertmanager re
 is idempotent) until the supervisor has restarted it.
 
 Frames, both ways: a 4-byte big-endian length, then a `marshal` dump of plain values (never code):
-    request  (id, at, fingerprints, rows), or (id,): a ping
+    request  (id, at, rows), or (id,): a ping
     reply    (id, kinds or None, error or None)
 """
 
@@ -110,8 +110,8 @@ class WriterServer:
             if len(request) == 1:  # ping
                 replies.append((peer, (request[0], (), None)))
                 continue
-            rid, at, fingerprints, rows = request
-            works.append(PreparedNotification(at, rows, fingerprints))
+            rid, at, rows = request
+            works.append(PreparedNotification(at, rows))
             replies.append((peer, rid))
         outcomes = iter(self.db.write_batch(works, combine=record_prepared) if works else [])
         if works:
@@ -146,15 +146,24 @@ class WriterClient:
         self._ids = itertools.count(1)
 
     def record(self, prepared: PreparedNotification) -> list[str]:
-        kinds, _ = self._ask((next(self._ids), prepared.at, prepared.fingerprints, prepared.rows))
+        kinds, _ = self._ask((next(self._ids), prepared.at, prepared.rows))
         return list(kinds or ())
 
-    def ping(self) -> None:
-        """Raises StoreError unless the writer answers."""
-        self._ask((next(self._ids),))
+    def ping(self, timeout: float = 2.0) -> None:
+        """Raises StoreError unless the writer answers within `timeout` (a health check must not hang
+        for as long as a write may wait)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.path)
+            except OSError as exc:
+                raise StoreError(f"the alert writer is not running ({exc.strerror or exc})") from None
+            self._exchange(sock, (next(self._ids),))
 
     def _ask(self, request: tuple) -> tuple:
-        sock = getattr(self._local, "sock", None) or self._connect()
+        return self._exchange(getattr(self._local, "sock", None) or self._connect(), request)
+
+    def _exchange(self, sock: socket.socket, request: tuple) -> tuple:
         try:
             sock.sendall(_frame(request))
             buffer = bytearray()

@@ -81,7 +81,7 @@ def test_a_failing_combined_write_is_retried_one_by_one_and_fails_alone(tmp_path
     db = Database(tmp_path / "w.sqlite")
     store = AlertStore(db)
     good = [PreparedNotification.of(_alerts((f"g{i}", "firing", "d")), 100.0 + i) for i in range(3)]
-    bad = PreparedNotification(101.5, (("not", "a", "row"),), '"bad"')  # unpacks wrongly: a bug in that one
+    bad = PreparedNotification(101.5, (("not", "a", "row"),))  # unpacks wrongly: a bug in that one
     outcomes = db.write_batch([good[0], good[1], bad, good[2]], combine=record_prepared)
     assert [error is None for _, error in outcomes] == [True, True, False, True]
     assert [result for result, _ in outcomes if result is not None] == [["new"], ["new"], ["new"]]
