@@ -2,11 +2,14 @@
 production WSGI server, not Flask's development server) until SIGTERM/SIGINT.
 
 With N > 1 workers (the default is 2) this process is a supervisor: it opens the listening socket and
-the database (schema, pruning), then runs N worker processes that all accept on that one socket and
-write the one SQLite file, restarts a worker that dies, and stops them all on SIGTERM/SIGINT. A worker
-is this module with the hidden `--worker-fd` (the inherited socket) and `--metrics-dir` (prometheus
-multiprocess files, so that every worker's /metrics shows all workers' counters). `--workers 1` serves
-in this one process, as before."""
+the database (schema, pruning), starts the writer process (alerting.writer: the one process that
+records notifications into the SQLite file), then N worker processes that all accept on that one
+socket, prepare each notification and hand it to the writer; it restarts any of them that dies, and
+on SIGTERM/SIGINT stops the workers, then the writer. A worker is this module with the hidden
+`--worker-fd` (the inherited socket), `--metrics-dir` (prometheus multiprocess files, so that every
+worker's /metrics shows all workers' counters) and `--writer-socket`; the writer is `--writer`, and
+both get `--supervisor` (its pid: they stop when it is gone). `--workers 1` serves in this one
+process, which records itself (group commit among its threads)."""
 
 from __future__ import annotations
 
@@ -49,11 +52,11 @@ DEFAULT_THREADS = 24
 # that trigger: less receiver CPU per notification in 13 of 13 alternated pairs (median -11 %)
 # and more throughput in 12 of them (bench/RESULTS.md). Larger bodies (GET /alerts) are still streamed from the worker past this size.
 SEND_BYTES = 18000
-# Receiver processes. One process is held to ~one core by the GIL (bench/RESULTS.md); 2 lets the
-# receiver use two cores, which is what the 2-core machine it was measured on has. Not the CPU count:
-# the SQLite file takes one writer at a time whatever the count (group commit per process keeps
-# commits large; more processes split them smaller), each worker costs ~47 MB and 24 connections, and
-# Alertmanager sends a few notifications a minute in production, not thousands a second.
+# Receiver processes (besides the writer). One process is held to ~one core by the GIL
+# (bench/RESULTS.md); 2 lets the receiver use two cores, which is what the 2-core machine it was
+# measured on has, and 3 measured no better there. Not the CPU count: the writer commits for all of
+# them whatever the count, each worker costs ~47 MB, and Alertmanager sends a few notifications a
+# minute in production, not thousands a second.
 DEFAULT_WORKERS = 2
 # A worker that dies within this many seconds of its start is restarted after a growing pause (1 s,
 # doubling, at most 30 s), so that a worker failing at start-up does not spin the supervisor.
