@@ -124,6 +124,61 @@ def _required_str(obj: dict[str, Any], key: str, field: str) -> str:
     return value
 
 
+def _str_values(value: Any) -> bool:
+    if type(value) is not dict:
+        return False
+    for v in value.values():
+        if type(v) is not str:
+            return False
+    return True
+
+
+def _well_formed_alert(raw: Any) -> Alert | None:
+    """The Alert of a well-formed alert object, or None when anything about it needs a closer look:
+    the same result as `_checked_alert` wherever this returns one, without building its messages."""
+    if type(raw) is not dict:
+        return None
+    get = raw.get
+    status, fingerprint, labels, annotations = get("status"), get("fingerprint"), get("labels"), get("annotations")
+    starts, ends, generator = get("startsAt"), get("endsAt"), get("generatorURL", "")
+    if (status not in STATUSES or type(fingerprint) is not str or not 0 < len(fingerprint) <= 64
+            or not _str_values(labels) or not _str_values(annotations) or type(starts) is not str
+            or type(generator) is not str or not (ends is None or type(ends) is str)):
+        return None
+    try:
+        starts_at = _parse_rfc3339(starts)
+        ends_at = _parse_rfc3339(ends) if ends else None
+    except _BadTime:
+        return None
+    if starts_at is None:
+        return None
+    # json.loads made these dicts for this notification alone: kept as they are, not copied
+    return Alert(fingerprint=fingerprint, status=status, labels=labels, annotations=annotations,
+                 starts_at=starts_at, ends_at=ends_at if status == "resolved" else None, generator_url=generator)
+
+
+def _checked_alert(raw: Any, where: str) -> Alert:
+    """The alert object at `where`, every field checked; raises PayloadError naming the first problem."""
+    if not isinstance(raw, dict):
+        raise PayloadError(f"{where}: expected an object, got {type(raw).__name__}")
+    a_status = _required_str(raw, "status", f"{where}.status")
+    if a_status not in STATUSES:
+        raise PayloadError(f"{where}.status: expected firing or resolved, got {a_status[:20]!r}")
+    fingerprint = _required_str(raw, "fingerprint", f"{where}.fingerprint")
+    if not fingerprint or len(fingerprint) > 64:
+        raise PayloadError(f"{where}.fingerprint: expected 1 to 64 characters")
+    labels = _str_map(raw.get("labels"), f"{where}.labels")
+    starts_at = parse_timestamp(_required_str(raw, "startsAt", f"{where}.startsAt"), f"{where}.startsAt")
+    if starts_at is None:
+        raise PayloadError(f"{where}.startsAt: must be a real time, not the zero time")
+    ends_at = parse_timestamp(raw.get("endsAt"), f"{where}.endsAt")
+    generator = raw.get("generatorURL", "")
+    return Alert(fingerprint=fingerprint, status=a_status, labels=labels,
+                 annotations=_str_map(raw.get("annotations"), f"{where}.annotations"),
+                 starts_at=starts_at, ends_at=ends_at if a_status == "resolved" else None,
+                 generator_url=generator if isinstance(generator, str) else "")
+
+
 def parse_notification(body: Any) -> Notification:
     """Validates a decoded JSON body. Raises PayloadError naming the first problem found."""
     if not isinstance(body, dict):
@@ -141,26 +196,9 @@ def parse_notification(body: Any) -> Notification:
         raise PayloadError(f"alerts: expected a list, got {type(raw_alerts).__name__}")
     alerts = []
     for i, raw in enumerate(raw_alerts):
-        where = f"alerts[{i}]"
-        if not isinstance(raw, dict):
-            raise PayloadError(f"{where}: expected an object, got {type(raw).__name__}")
-        a_status = _required_str(raw, "status", f"{where}.status")
-        if a_status not in STATUSES:
-            raise PayloadError(f"{where}.status: expected firing or resolved, got {a_status[:20]!r}")
-        fingerprint = _required_str(raw, "fingerprint", f"{where}.fingerprint")
-        if not fingerprint or len(fingerprint) > 64:
-            raise PayloadError(f"{where}.fingerprint: expected 1 to 64 characters")
-        labels = _str_map(raw.get("labels"), f"{where}.labels")
-        starts_at = parse_timestamp(_required_str(raw, "startsAt", f"{where}.startsAt"), f"{where}.startsAt")
-        if starts_at is None:
-            raise PayloadError(f"{where}.startsAt: must be a real time, not the zero time")
-        ends_at = parse_timestamp(raw.get("endsAt"), f"{where}.endsAt")
-        generator = raw.get("generatorURL", "")
-        alerts.append(Alert(
-            fingerprint=fingerprint, status=a_status, labels=labels,
-            annotations=_str_map(raw.get("annotations"), f"{where}.annotations"),
-            starts_at=starts_at, ends_at=ends_at if a_status == "resolved" else None,
-            generator_url=generator if isinstance(generator, str) else ""))
+        # The fast path takes the well-formed alert of every real notification; anything it is not
+        # sure of goes to the checked path, which names the problem (or accepts the odd but valid).
+        alerts.append(_well_formed_alert(raw) or _checked_alert(raw, f"alerts[{i}]"))
     receiver = body.get("receiver", "")
     group_key = body.get("groupKey", "")
     return Notification(version=version, status=status, receiver=receiver if isinstance(receiver, str) else "",

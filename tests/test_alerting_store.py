@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from alerting_fixtures import alert, notification
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alerting.payload import PayloadError, parse_notification, parse_timestamp
 from alerting.store import AlertStore
@@ -136,3 +138,35 @@ def test_stored_label_spelling_is_sorted_compact_json():
     labels = {"zeta": "é \"q\" \\ \n", "alpha": "1", "emoji": "🔥", "": ""}
     assert _canonical(labels) == json.dumps(labels, sort_keys=True, separators=(",", ":"))
     assert json.loads(_canonical(labels)) == labels
+
+
+_field_values = st.one_of(st.none(), st.integers(), st.just(""), st.just([]), st.just({}),
+                          st.text(max_size=3))
+
+
+@settings(max_examples=400, deadline=None)
+@given(overrides=st.dictionaries(
+    st.sampled_from(["status", "fingerprint", "labels", "annotations", "startsAt", "endsAt", "generatorURL"]),
+    st.one_of(_field_values,
+              st.sampled_from(["firing", "resolved", "x" * 65, "2026-03-01T10:00:00Z", "0001-01-01T00:00:00Z",
+                               "2026-02-30T10:00:00Z", "2026-03-01T11:00:00+01:00"]),
+              st.dictionaries(st.text(max_size=3), st.one_of(st.text(max_size=3), st.integers()), max_size=3))),
+    drop=st.sets(st.sampled_from(["status", "fingerprint", "labels", "annotations", "startsAt", "endsAt",
+                                  "generatorURL"])))
+def test_the_fast_path_of_alert_parsing_agrees_with_the_checked_one(overrides, drop):
+    """Wherever the fast path returns an Alert, it is the checked path's; wherever the checked path
+    refuses an alert, the fast path does not take it."""
+    from alerting.payload import _checked_alert, _well_formed_alert
+
+    raw = {**alert("A", fingerprint="f1"), **overrides}
+    for key in drop:
+        raw.pop(key, None)
+    fast = _well_formed_alert(raw)
+    try:
+        checked = _checked_alert(raw, "alerts[0]")
+    except PayloadError:
+        assert fast is None
+        return
+    assert fast is None or fast == checked
+    assert fast is not None or raw.get("labels") is None or raw.get("annotations") is None or \
+        not isinstance(raw.get("generatorURL", ""), str)  # the only valid shapes left to the checked path
