@@ -157,8 +157,9 @@ def _serve(args: argparse.Namespace, settings: Any, host: str | None, port: int,
     stopping = _install_stop_handlers()  # first: a SIGTERM while starting is a clean stop too
     writer_socket = getattr(args, "writer_socket", None)
     try:
-        db = Database(webhook.database)
         writer = WriterClient(writer_socket) if worker and writer_socket else None
+        # the process that commits notifications checkpoints off their path (see Database)
+        db = Database(webhook.database, background_checkpoint=writer is None)
         store = AlertStore(db, retention_days=webhook.retention_days, writer=writer)
         queue = RequestQueue(db, max_actions_per_hour=settings.alerting.max_actions_per_hour)
         if not worker:  # the supervisor pruned already
@@ -197,7 +198,7 @@ def _serve_writer(args: argparse.Namespace, settings: Any) -> int:
     webhook = settings.alerting.webhook
     stopping = _install_stop_handlers()
     try:
-        db = Database(webhook.database)
+        db = Database(webhook.database, background_checkpoint=True)
     except StoreError as exc:
         log.error("webhook writer: %s", exc)
         return 1
@@ -272,13 +273,14 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
     host_text = f"[{host}]" if ":" in host else host
     code = 0
     try:
-        spawn(0)
+        # all at once (a worker waits up to WriterClient.connect_seconds for the writer's socket), then
+        # make sure the writer came up: without it no notification can be stored
+        for i in range(len(commands)):
+            spawn(i)
         if not _wait_for_writer(writer_socket, procs[0], stopping):
             log.error("webhook: the writer process did not start (exit code %s)", procs[0].poll())
             code = 1
             return code
-        for i in range(1, len(commands)):
-            spawn(i)
         log.info("webhook: listening on http://%s:%d with %d workers and a writer (auth %s, database %s)",
                  host_text, sock.getsockname()[1], workers, webhook.auth, webhook.database)
         while not stopping.wait(0.2):

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+CHECKPOINT_SECONDS = 0.5
+
 
 class StoreError(DivimsError):
     """The database could not be opened, read or written. The message names the file, never a secret."""
@@ -36,9 +38,16 @@ class Database:
     """One SQLite file: one connection per thread (sqlite3 connections are not shared across threads
     while in use), every connection configured the same way. `close()` closes them all."""
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000):
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, background_checkpoint: bool = False):
+        """With `background_checkpoint`, commits never checkpoint the WAL themselves: a thread of
+        this object does, every CHECKPOINT_SECONDS (PASSIVE: it waits for no reader or writer). By
+        default SQLite checkpoints in the commit that takes the WAL past 1000 pages, which under a
+        burst of notifications holds the write lock, and every answer waiting for that commit, for
+        the time of copying ~4 MB into the file and an fsync of it."""
         self.path = str(path)
         self._busy_timeout_ms = busy_timeout_ms
+        self._background_checkpoint = background_checkpoint and self.path != ":memory:"
+        self._checkpoint_stop = threading.Event()
         self._local = threading.local()
         self._lock = threading.Lock()
         # SQLite allows one writer; its busy handler makes waiting writers poll with sleeps of up to
@@ -67,6 +76,25 @@ class Database:
             except OSError as exc:  # no queue across processes: SQLite's busy handler still serialises
                 log.warning("database %s: no writer lock file (%s): other processes' writers poll",
                             self.path, exc.strerror)
+        if self._background_checkpoint:
+            threading.Thread(target=self._checkpoints, name="divims-wal-checkpoint", daemon=True).start()
+
+    def _checkpoints(self) -> None:
+        """Checkpoints the WAL every CHECKPOINT_SECONDS on a connection of its own until close()."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.error("database %s: no checkpoint connection (%s): the WAL grows until a restart", self.path, exc)
+            return
+        try:
+            while not self._checkpoint_stop.wait(CHECKPOINT_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy or locked: the next round does it
+                    log.debug("database %s: checkpoint skipped: %s", self.path, exc)
+        finally:
+            conn.close()
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""
@@ -85,6 +113,8 @@ class Database:
             if str(mode).lower() != "wal" and self.path != ":memory:":
                 log.warning("database %s: journal_mode is %s, not wal", self.path, mode)
             conn.execute("PRAGMA synchronous=FULL")
+            if self._background_checkpoint:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path}: cannot open: {exc}") from None
         self._local.conn = conn
@@ -262,6 +292,7 @@ class Database:
 
     def close(self) -> None:
         """Closes every connection of every thread. Further use raises StoreError."""
+        self._checkpoint_stop.set()
         with self._lock:
             self._closed = True
             conns, self._connections = self._connections, []

@@ -77,49 +77,25 @@ class Change:
     kind: str
 
 
-# A group commit holds the write lock of every process writing the file while it runs, so the work done
-# under it is kept to a few C calls and a short loop:
-# - what each alert would write is prepared beforehand, by its request's thread (PreparedNotification):
-#   the canonical labels, and its row of the alerts table already spelt as JSON;
-# - under the lock, one SELECT reads the stored state of every fingerprint of the batch as one JSON
-#   text (json_group_array: one step, whatever the number of rows), one INSERT per table writes all the
-#   new rows from one JSON array of those rows (json_each; a transition is columns of the same row),
-#   and the comparisons decide which rows those are.
-# Each statement step is a call that releases the GIL, and in a receiver process the thread holding
-# everyone's commit must win the GIL back from the threads parsing requests after each one: one
-# statement per row, as executemany does, made the commit several times longer than its work under
-# 50 concurrent senders (bench/RESULTS.md).
-_SELECT_CURRENT = ("SELECT json_group_array(json_array(fingerprint, starts_at, status, labels, annotations,"
-                   " ends_at)) FROM alerts WHERE fingerprint IN"
-                   " (SELECT json_extract(value, '$[0]') FROM json_each(?))")
-_INSERT_ALERTS = (
-    "INSERT INTO alerts (fingerprint, starts_at, starts_at_ts, alertname, status, ends_at, ends_at_ts,"
-    " labels, annotations, generator_url, received_at, updated_at) SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(12)) + " FROM json_each(?)")
-# from the same rows: fingerprint, starts_at, status, received_at (the time of this change), ends_at
-_INSERT_TRANSITIONS = (
-    "INSERT INTO alert_transitions (fingerprint, starts_at, status, at, ends_at) SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in (0, 1, 4, 10, 5)) + " FROM json_each(?)")
+# What each alert would write is prepared beforehand by its request's thread (PreparedNotification:
+# the canonical labels, the row as a tuple), so that the group commit, which holds the file's write
+# lock and everyone's answer, only compares and writes: one SELECT for every fingerprint of the batch,
+# one executemany per kind of write.
+_SELECT_CURRENT = ("SELECT fingerprint, starts_at, status, labels, annotations, ends_at FROM alerts"
+                   " WHERE fingerprint IN (SELECT value FROM json_each(?))")
+_INSERT_ALERT = ("INSERT INTO alerts (fingerprint, starts_at, starts_at_ts, alertname, status, ends_at, ends_at_ts,"
+                 " labels, annotations, generator_url, received_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+_INSERT_TRANSITION = ("INSERT INTO alert_transitions (fingerprint, starts_at, status, at, ends_at)"
+                      " VALUES (?,?,?,?,?)")
 _UPDATE_ALERT = ("UPDATE alerts SET status=?, ends_at=?, ends_at_ts=?, labels=?, annotations=?, updated_at=?"
                  " WHERE fingerprint=? AND starts_at=?")
-_ROWS = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-# JSONEncoder.encode builds a C encoder on every call: built once, it is several times faster.
-_C_ROWS = (None if c_make_encoder is None else
-           c_make_encoder(None, _ROWS.default, encode_basestring_ascii, None, ":", ",", False, False, False))
-
-
-def _row(value: tuple) -> str:
-    """`value` (a tuple of strings, numbers and None) as compact JSON."""
-    if _C_ROWS is None:
-        return _ROWS.encode(value)
-    return "".join(_C_ROWS(value, 0))
 
 
 class PreparedNotification:
     """One notification's writes, prepared by its request's thread, outside the write lock: for each
     alert the tuple (key, status, labels, annotations, ends_text, ends_ts, row), `row` its row of the
-    alerts table spelt as JSON. Plain values only, so that a worker process can hand it to the writer
-    process (alerting.writer). Run alone, or combined with the others of a group commit."""
+    alerts table. Plain values only, so that a worker process can hand it to the writer process
+    (alerting.writer). Run alone, or combined with the others of a group commit."""
 
     __slots__ = ("at", "rows")
 
@@ -136,8 +112,8 @@ class PreparedNotification:
             ends_text = alert.ends_at.text if alert.ends_at else None
             ends_ts = alert.ends_at.epoch if alert.ends_at else None
             rows.append((key, alert.status, labels, annotations, ends_text, ends_ts,
-                         _row((*key, alert.starts_at.epoch, alert.alertname, alert.status, ends_text,
-                               ends_ts, labels, annotations, alert.generator_url, at, at))))
+                         (*key, alert.starts_at.epoch, alert.alertname, alert.status, ends_text, ends_ts,
+                          labels, annotations, alert.generator_url, at, at)))
         return cls(at, tuple(rows))
 
     def __call__(self, conn: sqlite3.Connection) -> list[str]:
@@ -147,31 +123,30 @@ class PreparedNotification:
 def record_prepared(conn: sqlite3.Connection, notifications: Sequence[PreparedNotification]) -> list[list[str]]:
     """Records the notifications' alerts in order, as if one by one; returns for each notification
     what recording each of its alerts did (`Change.kind`)."""
-    everything = ",".join(r[6] for n in notifications for r in n.rows)
+    fingerprints = sorted({r[0][0] for n in notifications for r in n.rows})
     current: dict[tuple[str, str], tuple[str, str, str, str | None]] = {}
-    if everything:
-        (stored,), = conn.execute(_SELECT_CURRENT, (f"[{everything}]",))
-        for fp, starts, *state in json.loads(stored):
+    if fingerprints:
+        for fp, starts, *state in conn.execute(_SELECT_CURRENT, (json.dumps(fingerprints),)):
             current[(fp, starts)] = tuple(state)
-    inserts: list[str] = []
-    transitions: list[str] = []
+    inserts: list[tuple] = []
+    transitions: list[tuple] = []
     updates: list[tuple] = []
     results = []
     for notification in notifications:
         at = notification.at
         kinds = []
-        for key, status, labels, notes, ends_text, ends_ts, json_row in notification.rows:
+        for key, status, labels, notes, ends_text, ends_ts, new_row in notification.rows:
             row = current.get(key)
             if row is None:
-                inserts.append(json_row)
-                transitions.append(json_row)
+                inserts.append(new_row)
+                transitions.append((*key, status, at, ends_text))
                 current[key] = (status, labels, notes, ends_text)
                 kind = "new"
             elif row[0] == "resolved" and status == "firing":
                 kind = "unchanged"  # a late retry of an older notification: resolved is final
             elif row[0] != status:
                 updates.append((status, ends_text, ends_ts, labels, notes, at, *key))
-                transitions.append(json_row)
+                transitions.append((*key, status, at, ends_text))
                 current[key] = (status, labels, notes, ends_text)
                 kind = "transition"
             elif (row[1], row[2]) != (labels, notes) or (status == "resolved" and row[3] != ends_text):
@@ -188,11 +163,11 @@ def record_prepared(conn: sqlite3.Connection, notifications: Sequence[PreparedNo
     # Inserts are of keys not stored yet and precede any update of the same key; updates and
     # transitions keep their arrival order: the same table as running them one by one.
     if inserts:
-        conn.execute(_INSERT_ALERTS, (f"[{','.join(inserts)}]",))
+        conn.executemany(_INSERT_ALERT, inserts)
     if updates:
         conn.executemany(_UPDATE_ALERT, updates)
     if transitions:
-        conn.execute(_INSERT_TRANSITIONS, (f"[{','.join(transitions)}]",))
+        conn.executemany(_INSERT_TRANSITION, transitions)
     return results
 
 

@@ -69,6 +69,7 @@ class WriterServer:
         self.notifications = 0
 
     def serve(self, stopping: threading.Event) -> None:
+        self.sock.setblocking(False)
         selector = selectors.DefaultSelector()
         selector.register(self.sock, selectors.EVENT_READ, None)
         buffers: dict[socket.socket, bytearray] = {}
@@ -77,10 +78,17 @@ class WriterServer:
                 pending: list[tuple[socket.socket, tuple]] = []
                 for key, _ in selector.select(timeout=0.5):
                     if key.data is None:
-                        peer, _ = self.sock.accept()
-                        peer.settimeout(SEND_TIMEOUT_SECONDS)
-                        buffers[peer] = bytearray()
-                        selector.register(peer, selectors.EVENT_READ, True)
+                        # every worker thread connecting now, not one per round: after a start or a
+                        # restart they all connect at once, each round may hold a commit, and the
+                        # last to be accepted would wait for all of them
+                        while True:
+                            try:
+                                peer, _ = self.sock.accept()
+                            except (BlockingIOError, InterruptedError):
+                                break
+                            peer.settimeout(SEND_TIMEOUT_SECONDS)
+                            buffers[peer] = bytearray()
+                            selector.register(peer, selectors.EVENT_READ, True)
                         continue
                     peer = key.fileobj
                     try:

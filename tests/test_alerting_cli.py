@@ -54,7 +54,7 @@ def test_the_webhook_serves_and_stops_cleanly_on_sigterm(tmp_path):
             try:
                 if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still starting
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
