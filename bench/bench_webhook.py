@@ -249,6 +249,14 @@ def load_text() -> str:
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
 
 
+def speed_probe_ms() -> float:
+    """Milliseconds for a fixed piece of pure-Python work (best of 5): this shared machine's speed
+    drifts by tens of percent over an hour, and runs are only comparable at a similar probe."""
+    import timeit
+
+    return min(timeit.repeat("sum(range(100000))", number=100, repeat=5)) * 10
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -281,6 +289,7 @@ def run(notifications: int, alerts: int, senders: int, processes: int, threads: 
                 time.sleep(0.1)
             per_sender = notifications // senders
             load_before = load_text()
+            probe = speed_probe_ms()
             groups = [g for g in (list(range(senders))[i::processes] for i in range(processes)) if g]
             out: mp.Queue = mp.Queue()
             start = mp.Barrier(len(groups) + 1)
@@ -313,7 +322,7 @@ def run(notifications: int, alerts: int, senders: int, processes: int, threads: 
                 "p50_ms": percentile(latencies, 50) * 1000, "p95_ms": percentile(latencies, 95) * 1000,
                 "p99_ms": percentile(latencies, 99) * 1000, "max_ms": max(latencies) * 1000,
                 "mean_ms": statistics.fmean(latencies) * 1000, "load_before": load_before,
-                "load_after": load_after,
+                "load_after": load_after, "probe_ms": probe,
                 "server_cpu_ms": None if cpu_before is None or cpu_after is None
                 else (cpu_after - cpu_before) / sent * 1000,
                 "senders_cpu_ms": sum(cpu for _, _, cpu in results) / sent * 1000}
@@ -351,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         ("senders' CPU per notification", f"{r['senders_cpu_ms']:.2f} ms ({args.client}, same machine)"),
         ("receiver processes x threads", f"{args.workers} x {args.threads}"),
         ("machine load before", r["load_before"]),
+        ("machine speed probe", f"{r['probe_ms']:.2f} ms (sum(range(100000)), lower is faster)"),
         ("machine load after", r["load_after"]),
         ("verdict", "PASS" if no_5xx and lost == 0 and r["p99_ms"] < 100 else "FAIL (goal: no 5xx, none lost, p99 < 100 ms)"),
     ]
