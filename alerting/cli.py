@@ -42,10 +42,14 @@ DEFAULT_LISTEN = "0.0.0.0:9095"
 # SQLite work; handing it over after 1 ms instead of 5 raised throughput by ~20% under 50 concurrent
 # senders (bench/RESULTS.md). Set by `run()` only: it is process-wide, and that process is the webhook.
 SWITCH_INTERVAL_SECONDS = 0.001
-# waitress worker threads. Requests waiting for a thread cannot join the group commit under way, and
-# waitress logs a warning for each one it queues: 24 threads carried 50 concurrent senders ~40% faster
-# than 8, with less CPU per notification (larger commits). Each thread holds one SQLite connection.
-DEFAULT_THREADS = 24
+# waitress worker threads per worker process. A thread waits for the writer's answer while the writer
+# commits a batch from every worker; the requests beyond the threads wait in waitress's queue, costing
+# no CPU. Fewer threads is less GIL contention: on the 2-core bench, 4 threads per worker took less CPU
+# per notification and had a lower p99 than 24 in alternated runs (2-4 threads alike; bench/RESULTS.md).
+# (Before the writer process, a thread committed itself, and 24 threads let more join each commit.)
+DEFAULT_THREADS = 4
+# `--workers 1` commits in its own threads (group commit): there, more threads make larger commits.
+SINGLE_PROCESS_THREADS = 24
 # waitress sends a response from the worker thread as soon as this many bytes are buffered (its default
 # is 1: the header and the body in two send()s, then a trigger to the I/O thread anyway). Buffering up
 # to 18,000 bytes sends a notification's small response in one send() from the I/O thread, woken by
@@ -88,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="divims configuration file (default: $DIVIMS_CONFIG)")
     parser.add_argument("--listen", help=f"HOST:PORT to listen on (default: alerting.webhook.listen, "
                                          f"else {DEFAULT_LISTEN})")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"waitress threads per worker process (default {DEFAULT_THREADS})")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"waitress threads per worker process (default {DEFAULT_THREADS}; with --workers 1,"
+                             f" {SINGLE_PROCESS_THREADS})")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help=f"receiver processes sharing the listening socket (default {DEFAULT_WORKERS}; "
                              "1: serve in this process)")
@@ -137,6 +142,14 @@ def run(args: argparse.Namespace) -> int:
     return _supervise(args, settings, host, port, workers)
 
 
+def _threads(args: argparse.Namespace) -> int:
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        single = getattr(args, "workers", 1) == 1 and getattr(args, "worker_fd", None) is None
+        threads = SINGLE_PROCESS_THREADS if single else DEFAULT_THREADS
+    return max(1, threads)
+
+
 def _install_stop_handlers() -> threading.Event:
     stopping = threading.Event()
 
@@ -170,7 +183,7 @@ def _serve(args: argparse.Namespace, settings: Any, host: str | None, port: int,
     try:
         app = create_app(settings, store, queue, multiprocess_dir=getattr(args, "metrics_dir", None))
         sock = socket.socket(fileno=worker_fd) if worker else None
-        server = WebhookServer(app, host or "", port, threads=max(1, args.threads),
+        server = WebhookServer(app, host or "", port, threads=_threads(args),
                                max_body_bytes=webhook.max_body_bytes, sock=sock)
     except (ValueError, OSError) as exc:
         log.error("%s: cannot start on %s:%d: %s", what, host, port, exc)
@@ -256,7 +269,7 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
     base = [sys.executable, "-m", "alerting.cli", *(["--config", args.config] if args.config else []),
             "--writer-socket", writer_socket, "--supervisor", str(os.getpid())]
     # slot 0 is the writer, 1..workers the workers
-    commands = [base + ["--writer"]] + [base + ["--threads", str(max(1, args.threads)), "--worker-fd",
+    commands = [base + ["--writer"]] + [base + ["--threads", str(_threads(args)), "--worker-fd",
                                                 str(sock.fileno()), "--metrics-dir", run_dir]] * workers
     names = ["writer"] + [f"worker {i}" for i in range(workers)]
     stopping = _install_stop_handlers()

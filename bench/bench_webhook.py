@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from alerting.cli import DEFAULT_THREADS, DEFAULT_WORKERS
+from alerting.cli import DEFAULT_THREADS, DEFAULT_WORKERS, SINGLE_PROCESS_THREADS
 
 TOKEN = "bench-token-0123456789"
 
@@ -335,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=50, help="concurrent senders")
     parser.add_argument("--processes", type=int, default=min(4, os.cpu_count() or 2),
                         help="sender processes (the senders are threads spread over them)")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"waitress threads of the receiver (default {DEFAULT_THREADS}, as divims webhook)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="waitress threads per receiver process (default: as divims webhook,"
+                             f" {DEFAULT_THREADS} per worker, {SINGLE_PROCESS_THREADS} with --workers 1)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help=f"receiver processes (default {DEFAULT_WORKERS}, as divims webhook)")
     parser.add_argument("--client", choices=sorted(SENDERS), default="lean",
@@ -344,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                              " the receiver's cores) or http.client (a thread per sender; default lean)")
     parser.add_argument("--small", action="store_true", help="300 notifications from 10 senders")
     args = parser.parse_args(argv)
+    if args.threads is None:
+        args.threads = SINGLE_PROCESS_THREADS if args.workers == 1 else DEFAULT_THREADS
     if args.small:
         args.notifications, args.senders = 300, 10
     r = run(args.notifications, args.alerts, args.senders, args.processes, args.threads, args.workers, args.client)
