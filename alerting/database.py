@@ -181,11 +181,11 @@ class Database:
         StoreError when `work` or the commit failed.
 
         With `combine`, the works queued with that same `combine` run as one call `combine(conn,
-        works)` in one savepoint, which returns their results in order: a few statements for all of
-        them rather than a few each. That matters under load: sqlite3 releases the GIL for every
-        statement, and the leader, which holds everyone's commit, has to win it back from the threads
-        parsing requests after each one (bench/RESULTS.md). When the combined call raises, its
-        savepoint is undone and each work runs alone in its own, as without `combine`."""
+        works)` in one savepoint, which returns their results in order: one set of statements for all
+        of them rather than one each (sqlite3 releases the GIL around every statement step, and the
+        leader, which holds everyone's commit, has to win it back from the threads parsing requests
+        after each call: bench/RESULTS.md). When the combined call raises, its savepoint is undone
+        and each work runs alone in its own, as without `combine`."""
         item = _Work(work, combine)
         with self._batch_lock:
             self._batch.append(item)

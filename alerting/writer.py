@@ -4,7 +4,8 @@ Why: a group commit holds the file's write lock while it runs, and in a receiver
 running it competes for the GIL with the threads parsing requests. Each SQLite call releases the GIL
 and winning it back took about a millisecond under 50 concurrent senders, so a commit with a handful
 of calls lasted ~8 ms instead of ~1, the other process waited for the lock meanwhile, and the commits
-were the bottleneck (bench/RESULTS.md). This process has one thread: nothing competes with it.
+were the bottleneck (bench/RESULTS.md). Here one thread does all the work (the two others sleep: the
+WAL checkpoint, the orphan watch), so nothing competes with it for the GIL.
 
 The workers prepare each notification's rows themselves (alerting.store.PreparedNotification) and
 send them here over a Unix socket in the supervisor's private run directory; this process commits
