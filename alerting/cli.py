@@ -319,20 +319,17 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
 
 def _wait_for_writer(path: str, proc: subprocess.Popen, stopping: threading.Event, seconds: float = 20.0) -> bool:
     """True once the writer at `path` answers a ping; False when it exited, or did not in `seconds`."""
-    client = WriterClient(path, timeout=2.0, connect_seconds=0.0)
+    client = WriterClient(path)  # ping() uses a connection of its own, closed after it
     deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline and not stopping.is_set():
-            if proc.poll() is not None:
-                return False
-            try:
-                client.ping()
-                return True
-            except StoreError:
-                time.sleep(0.05)
-        return False
-    finally:
-        client.close()
+    while time.monotonic() < deadline and not stopping.is_set():
+        if proc.poll() is not None:
+            return False
+        try:
+            client.ping()
+            return True
+        except StoreError:
+            time.sleep(0.05)
+    return False
 
 
 def _stop_all(procs: list[subprocess.Popen]) -> None:

@@ -155,7 +155,6 @@ def lean_sender_process(url: str, senders: list[int], per_sender: int, alerts: i
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     selector = selectors.DefaultSelector()
-    state: dict[int, list] = {}  # fd -> [sender, socket, next request index, started, buffer]
 
     def connect(sender: int) -> socket.socket:
         sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
@@ -178,8 +177,7 @@ def lean_sender_process(url: str, senders: list[int], per_sender: int, alerts: i
     entries = []
     for sender in senders:
         sock = connect(sender)
-        entry = [sender, sock, 0, 0.0, b""]
-        state[sock.fileno()] = entry
+        entry = [sender, sock, 0, 0.0, b""]  # sender, socket, next request index, started, buffer
         selector.register(sock, selectors.EVENT_READ, entry)
         entries.append(entry)
     start.wait()
