@@ -1,11 +1,11 @@
 """`divims webhook --config F [--listen HOST:PORT] [--workers N]`: the receiver served by waitress (a
 production WSGI server, not Flask's development server) until SIGTERM/SIGINT.
 
-With N > 1 workers (the default is 2) this process is a supervisor: it opens the listening socket and
-the database (schema, pruning), starts the writer process (alerting.writer: the one process that
-records notifications into the SQLite file), then N worker processes that all accept on that one
-socket, prepare each notification and hand it to the writer; it restarts any of them that dies, and
-on SIGTERM/SIGINT stops the workers, then the writer. A worker is this module with the hidden
+With N > 1 workers (the default is 2) this process is a supervisor: it opens the listening sockets
+(one per worker on Linux, see `listen_sockets`) and the database (schema, pruning), starts the writer
+process (alerting.writer: the one process that records notifications into the SQLite file), then N
+worker processes that accept on those sockets, prepare each notification and hand it to the writer;
+it restarts any of them that dies, and on SIGTERM/SIGINT stops the workers, then the writer. A worker is this module with the hidden
 `--worker-fd` (the inherited socket), `--metrics-dir` (prometheus multiprocess files, so that every
 worker's /metrics shows all workers' counters) and `--writer-socket`; the writer is `--writer`, and
 both get `--supervisor` (its pid: they stop when it is gone). `--workers 1` serves in this one
@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"waitress threads per worker process (default {DEFAULT_THREADS}; with --workers 1,"
                              f" {SINGLE_PROCESS_THREADS})")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help=f"receiver processes sharing the listening socket (default {DEFAULT_WORKERS}; "
+                        help=f"receiver processes (default {DEFAULT_WORKERS}; "
                              "1: serve in this process)")
     # set by the supervisor for its workers only
     parser.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -256,12 +256,10 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
         log.error("webhook: %s", exc)
         return 1
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=1024)
+        socks = listen_sockets(host, port, workers)
     except OSError as exc:
         log.error("webhook: cannot start on %s:%d: %s", host, port, exc.strerror or exc)
         return 1
-    sock.set_inheritable(True)
     # private (0700): the workers' metric files and the writer's socket
     run_dir = tempfile.mkdtemp(prefix="divims-webhook-")
     writer_socket = os.path.join(run_dir, "writer.sock")
@@ -269,8 +267,9 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
     base = [sys.executable, "-m", "alerting.cli", *(["--config", args.config] if args.config else []),
             "--writer-socket", writer_socket, "--supervisor", str(os.getpid())]
     # slot 0 is the writer, 1..workers the workers
-    commands = [base + ["--writer"]] + [base + ["--threads", str(_threads(args)), "--worker-fd",
-                                                str(sock.fileno()), "--metrics-dir", run_dir]] * workers
+    fds = [()] + [(socks[i % len(socks)].fileno(),) for i in range(workers)]
+    commands = [base + ["--writer"]] + [base + ["--threads", str(_threads(args)), "--worker-fd", str(fd),
+                                                "--metrics-dir", run_dir] for (fd,) in fds[1:]]
     names = ["writer"] + [f"worker {i}" for i in range(workers)]
     stopping = _install_stop_handlers()
     procs: list[subprocess.Popen | None] = [None] * len(commands)
@@ -279,7 +278,7 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
     next_start = [0.0] * len(commands)
 
     def spawn(i: int) -> None:
-        procs[i] = subprocess.Popen(commands[i], pass_fds=(sock.fileno(),) if i else (), env=env)
+        procs[i] = subprocess.Popen(commands[i], pass_fds=fds[i], env=env)
         started[i] = time.monotonic()
         log.info("webhook: %s started (pid %d)", names[i], procs[i].pid)
 
@@ -295,7 +294,7 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
             code = 1
             return code
         log.info("webhook: listening on http://%s:%d with %d workers and a writer (auth %s, database %s)",
-                 host_text, sock.getsockname()[1], workers, webhook.auth, webhook.database)
+                 host_text, socks[0].getsockname()[1], workers, webhook.auth, webhook.database)
         while not stopping.wait(0.2):
             now = time.monotonic()
             for i, proc in enumerate(procs):
@@ -311,10 +310,40 @@ def _supervise(args: argparse.Namespace, settings: Any, host: str, port: int, wo
         # the workers first, so that the requests they are finishing can still be written
         _stop_all([p for p in procs[1:] if p is not None])
         _stop_all([p for p in procs[:1] if p is not None])
-        sock.close()
+        for sock in socks:
+            sock.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     log.info("webhook: stopped")
     return code
+
+
+def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """The supervisor's listening sockets for `count` workers, inheritable: on Linux one per worker,
+    all bound to one port with SO_REUSEPORT, so that the kernel spreads new connections over them
+    evenly (by a hash of each connection's addresses); elsewhere, where SO_REUSEPORT does not
+    balance, one socket that every worker accepts on.
+
+    Why not one shared socket on Linux too: every worker polls it, and whichever wakes first accepts.
+    Alertmanager keeps its connections open for minutes, so a lopsided split lasts: 50 connections
+    opened at once split as unevenly as 6/44 between two workers on one socket, and 20/30 at worst
+    with one socket each (10 tries each, bench/RESULTS.md), while one worker is held to a core by the
+    GIL. The cost: connections that arrive for a worker while it is being restarted wait in its
+    socket's backlog (the supervisor keeps the socket open) until its replacement takes them, about
+    a second, where on a shared socket the other workers would have taken them at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    per_worker = count > 1 and sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count if per_worker else 1):
+            bound = socks[0].getsockname()[1] if socks else port  # port 0: the first picks, the others join
+            socks.append(socket.create_server((host, bound), family=family, backlog=1024, reuse_port=per_worker))
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    for sock in socks:
+        sock.set_inheritable(True)
+    return socks
 
 
 def _wait_for_writer(path: str, proc: subprocess.Popen, stopping: threading.Event, seconds: float = 20.0) -> bool:

@@ -173,3 +173,80 @@ def test_waitress_queue_warnings_are_rate_limited_not_lost():
     last = record(9)
     assert limit.filter(last)
     assert last.getMessage() == "Task queue depth is 9 (4 similar warnings in the last 10 s)"
+
+
+def _accepted_per_socket(socks: list[socket.socket], connections: int) -> list[int]:
+    """Opens `connections` connections to the sockets' port; how many each socket's queue received."""
+    port = socks[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(connections)]
+    try:
+        counts = []
+        for sock in socks:
+            sock.setblocking(False)
+            n = 0
+            while True:
+                try:
+                    peer, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                peer.close()
+                n += 1
+            counts.append(n)
+        return counts
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_each_worker_gets_its_own_reuseport_socket_and_a_fair_share_of_connections():
+    from alerting.cli import listen_sockets
+
+    socks = listen_sockets("127.0.0.1", 0, 3)
+    try:
+        assert len(socks) == 3 and len({s.getsockname() for s in socks}) == 1  # one port, chosen once
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in socks)
+        assert all(s.get_inheritable() for s in socks)  # handed to the workers
+        counts = _accepted_per_socket(socks, 90)
+        # by hash: each of 3 gets 30 +- 4.5; under 10 has a chance of about 1e-5. On one shared socket
+        # the first worker to wake takes them (6/44 of 50 between two workers was seen).
+        assert sum(counts) == 90 and min(counts) >= 10, counts
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_one_worker_or_no_balancing_kernel_means_one_shared_socket(monkeypatch):
+    from alerting import cli
+
+    for count, platform in ((1, "linux"), (3, "darwin")):
+        monkeypatch.setattr(cli.sys, "platform", platform)
+        (sock,) = cli.listen_sockets("127.0.0.1", 0, count)
+        try:
+            assert not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+            assert _accepted_per_socket([sock], 5) == [5]
+        finally:
+            sock.close()
+
+
+def test_a_port_in_use_fails_and_leaves_no_socket_open(monkeypatch):
+    from alerting import cli
+
+    with socket.socket() as taken:  # bound without SO_REUSEPORT: nobody may join it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            cli.listen_sockets("127.0.0.1", taken.getsockname()[1], 2)
+
+    made: list[socket.socket] = []
+    real = socket.create_server
+
+    def second_fails(*args, **kwargs):  # the first socket is bound, the second cannot join it
+        if made:
+            raise OSError(98, "Address already in use")
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(cli.socket, "create_server", second_fails)
+    with pytest.raises(OSError, match="in use"):
+        cli.listen_sockets("127.0.0.1", 0, 2)
+    assert made and made[0].fileno() == -1  # closed, not leaked

@@ -1,4 +1,4 @@
-"""`divims webhook --workers N`: several receiver processes on one socket and one SQLite file.
+"""`divims webhook --workers N`: several receiver processes on one port and one SQLite file.
 
 The store's "one record per occurrence, replays change nothing" and the queue's "at most once per
 alert occurrence" must hold across processes (they rest on SQLite transactions and constraints, not on
@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -129,6 +130,25 @@ def _per_worker_firing(metrics_dir: Path) -> dict[str, float]:
     return counts
 
 
+def _held_by(pids: set[int], port: int) -> dict[int, int]:
+    """How many established connections to `port` each process holds (Linux /proc)."""
+    established = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+            established.add(f"socket:[{fields[9]}]")
+    held = {}
+    for pid in pids:
+        links = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                links.add(os.readlink(fd))
+            except OSError:  # closed meanwhile
+                pass
+        held[pid] = len(links & established)
+    return held
+
+
 def _wait_healthy(base: str, proc: subprocess.Popen, workers: int) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -163,7 +183,7 @@ def _send_duplicates(url: str, body: dict, count: int, senders: int = 8) -> list
     return codes
 
 
-def test_workers_share_socket_and_file_count_everything_restart_and_stop(tmp_path):
+def test_workers_split_the_connections_share_the_file_count_everything_restart_and_stop(tmp_path):
     from test_alerting_cli import free_port
 
     port = free_port()
@@ -182,6 +202,18 @@ def test_workers_share_socket_and_file_count_everything_restart_and_stop(tmp_pat
     try:
         _wait_healthy(base, proc, 2)
         first = _children(proc.pid)
+        # Keep-alive connections (as Alertmanager's) opened at once spread over both workers: each
+        # worker has its own SO_REUSEPORT socket. Under 8 of 40 by hash has a chance of about 1e-5.
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+        try:
+            for c in clients:
+                c.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert all(c.recv(4096).startswith(b"HTTP/1.1 200") for c in clients)
+            held = _held_by(first, port)
+            assert sum(held.values()) == 40 and min(held.values()) >= 8, held
+        finally:
+            for c in clients:
+                c.close()
         metrics_dir = Path(dict(e.split("=", 1) for e in
                                 Path(f"/proc/{min(first)}/environ").read_text().split("\0") if "=" in e)
                            ["PROMETHEUS_MULTIPROC_DIR"])
