@@ -36,20 +36,16 @@ CREATE TABLE IF NOT EXISTS alerts (
     generator_url TEXT NOT NULL DEFAULT '',
     received_at   REAL NOT NULL,     -- first notification about it
     updated_at    REAL NOT NULL,     -- last change
+    transitions   TEXT NOT NULL DEFAULT '[]',  -- JSON array of {status, at, ends_at}, oldest first
     PRIMARY KEY (fingerprint, starts_at)
 );
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, alertname);
 CREATE INDEX IF NOT EXISTS alerts_updated ON alerts (updated_at);
-CREATE TABLE IF NOT EXISTS alert_transitions (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    fingerprint TEXT NOT NULL,
-    starts_at   TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    at          REAL NOT NULL,
-    ends_at     TEXT
-);
-CREATE INDEX IF NOT EXISTS alert_transitions_alert ON alert_transitions (fingerprint, starts_at);
 """
+# The transitions live in their occurrence's row: an occurrence has at most two (firing, then
+# resolved: resolved is final), and a table of their own cost every new alert a second row and a
+# second index entry, which was 40 % of the writer's work per notification (bench/RESULTS.md).
+# Files written before that have an alert_transitions table: _migrate() moves it into the rows once.
 
 PRUNE_EVERY_SECONDS = 3600.0
 
@@ -58,6 +54,18 @@ PRUNE_EVERY_SECONDS = 3600.0
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 _C_CANONICAL = (None if c_make_encoder is None else
                 c_make_encoder(None, _CANONICAL.default, encode_basestring_ascii, None, ":", ",", True, False, True))
+
+
+def _transition(status: str, at: float, ends_text: str | None) -> str:
+    """One element of the transitions column, as JSON (what json.dumps would write, without its cost:
+    `at` is a finite float, whose repr is a JSON number)."""
+    ends = "null" if ends_text is None else encode_basestring_ascii(ends_text)
+    return f'{{"status":{encode_basestring_ascii(status)},"at":{at!r},"ends_at":{ends}}}'
+
+
+def _appended(transitions: str, entry: str) -> str:
+    """The JSON array `transitions` with `entry` appended."""
+    return f"[{entry}]" if transitions == "[]" else f"{transitions[:-1]},{entry}]"
 
 
 def _canonical(mapping: dict[str, str]) -> str:
@@ -81,14 +89,13 @@ class Change:
 # the canonical labels, the row as a tuple), so that the group commit, which holds the file's write
 # lock and everyone's answer, only compares and writes: one SELECT for every fingerprint of the batch,
 # one executemany per kind of write.
-_SELECT_CURRENT = ("SELECT fingerprint, starts_at, status, labels, annotations, ends_at FROM alerts"
+_SELECT_CURRENT = ("SELECT fingerprint, starts_at, status, labels, annotations, ends_at, transitions FROM alerts"
                    " WHERE fingerprint IN (SELECT value FROM json_each(?))")
 _INSERT_ALERT = ("INSERT INTO alerts (fingerprint, starts_at, starts_at_ts, alertname, status, ends_at, ends_at_ts,"
-                 " labels, annotations, generator_url, received_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
-_INSERT_TRANSITION = ("INSERT INTO alert_transitions (fingerprint, starts_at, status, at, ends_at)"
-                      " VALUES (?,?,?,?,?)")
-_UPDATE_ALERT = ("UPDATE alerts SET status=?, ends_at=?, ends_at_ts=?, labels=?, annotations=?, updated_at=?"
-                 " WHERE fingerprint=? AND starts_at=?")
+                 " labels, annotations, generator_url, received_at, updated_at, transitions)"
+                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_UPDATE_ALERT = ("UPDATE alerts SET status=?, ends_at=?, ends_at_ts=?, labels=?, annotations=?, updated_at=?,"
+                 " transitions=? WHERE fingerprint=? AND starts_at=?")
 
 
 class PreparedNotification:
@@ -111,9 +118,10 @@ class PreparedNotification:
             labels, annotations = _canonical(alert.labels), _canonical(alert.annotations)
             ends_text = alert.ends_at.text if alert.ends_at else None
             ends_ts = alert.ends_at.epoch if alert.ends_at else None
+            first = f"[{_transition(alert.status, at, ends_text)}]"
             rows.append((key, alert.status, labels, annotations, ends_text, ends_ts,
                          (*key, alert.starts_at.epoch, alert.alertname, alert.status, ends_text, ends_ts,
-                          labels, annotations, alert.generator_url, at, at)))
+                          labels, annotations, alert.generator_url, at, at, first)))
         return cls(at, tuple(rows))
 
     def __call__(self, conn: sqlite3.Connection) -> list[str]:
@@ -124,13 +132,13 @@ def record_prepared(conn: sqlite3.Connection, notifications: Sequence[PreparedNo
     """Records the notifications' alerts in order, as if one by one; returns for each notification
     what recording each of its alerts did (`Change.kind`)."""
     fingerprints = sorted({r[0][0] for n in notifications for r in n.rows})
-    current: dict[tuple[str, str], tuple[str, str, str, str | None]] = {}
+    # key -> (status, labels, annotations, ends_at, transitions), as stored or as this batch left it
+    current: dict[tuple[str, str], tuple[str, str, str, str | None, str]] = {}
     if fingerprints:
         for fp, starts, *state in conn.execute(_SELECT_CURRENT, (json.dumps(fingerprints),)):
             current[(fp, starts)] = tuple(state)
     inserts: list[tuple] = []
-    transitions: list[tuple] = []
-    updates: list[tuple] = []
+    updates: dict[tuple[str, str], tuple] = {}  # the last update of each key is what the row becomes
     results = []
     for notification in notifications:
         at = notification.at
@@ -139,36 +147,52 @@ def record_prepared(conn: sqlite3.Connection, notifications: Sequence[PreparedNo
             row = current.get(key)
             if row is None:
                 inserts.append(new_row)
-                transitions.append((*key, status, at, ends_text))
-                current[key] = (status, labels, notes, ends_text)
+                current[key] = (status, labels, notes, ends_text, new_row[-1])
                 kind = "new"
             elif row[0] == "resolved" and status == "firing":
                 kind = "unchanged"  # a late retry of an older notification: resolved is final
             elif row[0] != status:
-                updates.append((status, ends_text, ends_ts, labels, notes, at, *key))
-                transitions.append((*key, status, at, ends_text))
-                current[key] = (status, labels, notes, ends_text)
+                transitions = _appended(row[4], _transition(status, at, ends_text))
+                updates[key] = (status, ends_text, ends_ts, labels, notes, at, transitions, *key)
+                current[key] = (status, labels, notes, ends_text, transitions)
                 kind = "transition"
             elif (row[1], row[2]) != (labels, notes) or (status == "resolved" and row[3] != ends_text):
                 kept_ends = row[3] if status == "firing" else ends_text
                 # same status (else the branch above): only the content and, once resolved, the end
-                updates.append((status, kept_ends, None if status == "firing" else ends_ts,
-                                labels, notes, at, *key))
-                current[key] = (row[0], labels, notes, kept_ends)
+                updates[key] = (status, kept_ends, None if status == "firing" else ends_ts,
+                                labels, notes, at, row[4], *key)
+                current[key] = (row[0], labels, notes, kept_ends, row[4])
                 kind = "updated"
             else:
                 kind = "unchanged"
             kinds.append(kind)
         results.append(kinds)
-    # Inserts are of keys not stored yet and precede any update of the same key; updates and
-    # transitions keep their arrival order: the same table as running them one by one.
+    # Inserts are of keys not stored yet and precede any update of the same key, and each update
+    # writes the whole state the key reached: the same table as running them one by one.
     if inserts:
         conn.executemany(_INSERT_ALERT, inserts)
     if updates:
-        conn.executemany(_UPDATE_ALERT, updates)
-    if transitions:
-        conn.executemany(_INSERT_TRANSITION, transitions)
+        conn.executemany(_UPDATE_ALERT, updates.values())
     return results
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Brings a file written by an earlier divims to this schema (in the caller's transaction; a no-op
+    once done): the alert_transitions table becomes each row's transitions column."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(alerts)")}
+    if "transitions" not in columns:
+        conn.execute("ALTER TABLE alerts ADD COLUMN transitions TEXT NOT NULL DEFAULT '[]'")
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='alert_transitions'").fetchone():
+        return
+    moved: dict[tuple[str, str], list[str]] = {}
+    for fp, starts, status, at, ends in conn.execute(
+            "SELECT fingerprint, starts_at, status, at, ends_at FROM alert_transitions ORDER BY id"):
+        moved.setdefault((fp, starts), []).append(_transition(status, float(at), ends))
+    conn.executemany("UPDATE alerts SET transitions=? WHERE fingerprint=? AND starts_at=?",
+                     [(f"[{','.join(entries)}]", *key) for key, entries in moved.items()])
+    conn.execute("DROP TABLE alert_transitions")
+    log.info("alert store: moved %d transitions of %d alerts into their rows (schema of this version)",
+             sum(len(e) for e in moved.values()), len(moved))
 
 
 class AlertStore:
@@ -186,6 +210,8 @@ class AlertStore:
         self.retention_seconds = float(retention_days) * 86400
         self._now = now
         self._db.executescript(_SCHEMA)
+        with self._db.transaction() as conn:  # one process migrates; the others find it done
+            _migrate(conn)
         self._last_prune = 0.0
         self.prune()
 
@@ -227,22 +253,12 @@ class AlertStore:
         sql = "SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY starts_at_ts DESC, fingerprint LIMIT ?"
         rows = self._db.query(sql, (*params, int(limit)))
-        transitions: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        if rows:
-            keys = {(r["fingerprint"], r["starts_at"]) for r in rows}
-            fps = sorted({k[0] for k in keys})
-            marks = ",".join("?" * len(fps))
-            for t in self._db.query(f"SELECT * FROM alert_transitions WHERE fingerprint IN ({marks})"
-                                    " ORDER BY id", tuple(fps)):
-                k = (t["fingerprint"], t["starts_at"])
-                if k in keys:
-                    transitions.setdefault(k, []).append({"status": t["status"], "at": t["at"]})
         return [{
             "fingerprint": r["fingerprint"], "alertname": r["alertname"], "status": r["status"],
             "starts_at": r["starts_at"], "ends_at": r["ends_at"],
             "labels": json.loads(r["labels"]), "annotations": json.loads(r["annotations"]),
             "generator_url": r["generator_url"], "received_at": r["received_at"], "updated_at": r["updated_at"],
-            "transitions": transitions.get((r["fingerprint"], r["starts_at"]), []),
+            "transitions": [{"status": t["status"], "at": t["at"]} for t in json.loads(r["transitions"])],
         } for r in rows]
 
     def count(self) -> int:
@@ -250,17 +266,15 @@ class AlertStore:
         return int(self._db.query("SELECT COUNT(*) FROM alerts")[0][0])
 
     def transition_count(self) -> int:
-        return int(self._db.query("SELECT COUNT(*) FROM alert_transitions")[0][0])
+        """How many status transitions are stored, over every occurrence."""
+        return int(self._db.query("SELECT COALESCE(SUM(json_array_length(transitions)), 0) FROM alerts")[0][0])
 
     def prune(self, now: float | None = None) -> int:
         """Deletes resolved occurrences whose last change is older than the retention, with their
-        transitions. Firing ones stay whatever their age. Returns how many occurrences went."""
+        transitions (in their rows). Firing ones stay whatever their age. Returns how many occurrences went."""
         at = self._now() if now is None else now
         cutoff = at - self.retention_seconds
         with self._db.transaction() as conn:
-            conn.execute("DELETE FROM alert_transitions WHERE (fingerprint, starts_at) IN ("
-                         "SELECT fingerprint, starts_at FROM alerts WHERE status='resolved' AND updated_at<?)",
-                         (cutoff,))
             gone = conn.execute("DELETE FROM alerts WHERE status='resolved' AND updated_at<?",
                                 (cutoff,)).rowcount
         self._last_prune = at

@@ -83,6 +83,51 @@ def test_an_occurrence_keeps_its_latest_status_and_its_transitions(tmp_path):
     assert [r["status"] for r in store.list(alertname="A")] == ["firing", "resolved"]
 
 
+# The schema before the transitions moved into their rows (divims before 2026-12-03), as it created it.
+_OLD_SCHEMA = """
+CREATE TABLE alerts (fingerprint TEXT NOT NULL, starts_at TEXT NOT NULL, starts_at_ts REAL NOT NULL,
+    alertname TEXT NOT NULL, status TEXT NOT NULL, ends_at TEXT, ends_at_ts REAL, labels TEXT NOT NULL,
+    annotations TEXT NOT NULL, generator_url TEXT NOT NULL DEFAULT '', received_at REAL NOT NULL,
+    updated_at REAL NOT NULL, PRIMARY KEY (fingerprint, starts_at));
+CREATE INDEX alerts_status ON alerts (status, alertname);
+CREATE INDEX alerts_updated ON alerts (updated_at);
+CREATE TABLE alert_transitions (id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL,
+    starts_at TEXT NOT NULL, status TEXT NOT NULL, at REAL NOT NULL, ends_at TEXT);
+CREATE INDEX alert_transitions_alert ON alert_transitions (fingerprint, starts_at);
+"""
+
+
+def test_a_file_of_the_earlier_schema_keeps_its_history_once_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    starts, ends = "2026-03-01T10:00:00Z", "2026-03-01T10:05:00Z"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_OLD_SCHEMA)
+        for fp, status, ends_at in (("f1", "firing", None), ("f2", "resolved", ends), ("f3", "resolved", ends)):
+            conn.execute("INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                         (fp, starts, 1.0, "A", status, ends_at, None, '{"alertname":"A"}', "{}", "", 100.0, 200.0))
+        # f1 fired; f2 fired then resolved; f3 was first seen resolved. Inserted out of key order.
+        conn.executemany("INSERT INTO alert_transitions (fingerprint, starts_at, status, at, ends_at) VALUES (?,?,?,?,?)",
+                         [("f2", starts, "firing", 100.0, None), ("f1", starts, "firing", 100.0, None),
+                          ("f3", starts, "resolved", 100.0, ends), ("f2", starts, "resolved", 200.0, ends)])
+    store = AlertStore(path, now=lambda: 1000.0)  # within the retention of these rows
+    history = {r["fingerprint"]: [(t["status"], t["at"]) for t in r["transitions"]] for r in store.list()}
+    assert history == {"f1": [("firing", 100.0)], "f2": [("firing", 100.0), ("resolved", 200.0)],
+                       "f3": [("resolved", 100.0)]}
+    assert store.transition_count() == 4
+    with sqlite3.connect(path) as conn:
+        assert not conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'alert_transitions%'").fetchall()
+    # it goes on from there, and opening it again changes nothing
+    resolved = alert("A", status="resolved", fingerprint="f1", starts_at=starts, ends_at=ends)
+    assert [c.kind for c in store.record(parsed(resolved), 300.0)] == ["transition"]
+    store.close()
+    again = AlertStore(path, now=lambda: 1000.0)
+    [f1] = [r for r in again.list() if r["fingerprint"] == "f1"]
+    assert f1["status"] == "resolved" and [(t["status"], t["at"]) for t in f1["transitions"]] == [("firing", 100.0), ("resolved", 300.0)]
+    assert again.transition_count() == 5
+
+
 def test_changed_annotations_update_without_a_transition(tmp_path):
     store = AlertStore(tmp_path / "w.sqlite")
     a = alert("A", fingerprint="f1")

@@ -36,13 +36,11 @@ def _alerts(*specs):
     return parse_notification(notification(*items)).alerts
 
 
-def _tables(path) -> tuple[list, list]:
+def _tables(path) -> list:
     with sqlite3.connect(path) as conn:
-        alerts = conn.execute("SELECT fingerprint, starts_at, status, ends_at, ends_at_ts, labels, annotations,"
-                              " received_at, updated_at FROM alerts ORDER BY fingerprint, starts_at").fetchall()
-        transitions = conn.execute("SELECT fingerprint, starts_at, status, at, ends_at FROM alert_transitions"
-                                   " ORDER BY id").fetchall()
-    return alerts, transitions
+        return conn.execute("SELECT fingerprint, starts_at, status, ends_at, ends_at_ts, labels, annotations,"
+                            " received_at, updated_at, transitions FROM alerts ORDER BY fingerprint, starts_at"
+                            ).fetchall()
 
 
 notification_specs = st.lists(
