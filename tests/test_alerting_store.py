@@ -118,6 +118,9 @@ def test_a_file_of_the_earlier_schema_keeps_its_history_once_migrated(tmp_path):
     assert store.transition_count() == 4
     with sqlite3.connect(path) as conn:
         assert not conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'alert_transitions%'").fetchall()
+        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='alerts'"
+                                              " AND sql IS NOT NULL")}
+        assert indexes == {"alerts_status", "alerts_resolved"}
     # it goes on from there, and opening it again changes nothing
     resolved = alert("A", status="resolved", fingerprint="f1", starts_at=starts, ends_at=ends)
     assert [c.kind for c in store.record(parsed(resolved), 300.0)] == ["transition"]
