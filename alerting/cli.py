@@ -329,7 +329,8 @@ def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     with one socket each (10 tries each, bench/RESULTS.md), while one worker is held to a core by the
     GIL. The cost: connections that arrive for a worker while it is being restarted wait in its
     socket's backlog (the supervisor keeps the socket open) until its replacement takes them, about
-    a second, where on a shared socket the other workers would have taken them at once."""
+    a second, where on a shared socket the other workers would have taken them at once. (Linux lets
+    only processes of the same user join a SO_REUSEPORT group, so no other account can take a share.)"""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     per_worker = count > 1 and sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
     socks: list[socket.socket] = []
