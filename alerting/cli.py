@@ -5,11 +5,12 @@ With N > 1 workers (the default is 2) this process is a supervisor: it opens the
 (one per worker on Linux, see `listen_sockets`) and the database (schema, pruning), starts the writer
 process (alerting.writer: the one process that records notifications into the SQLite file), then N
 worker processes that accept on those sockets, prepare each notification and hand it to the writer;
-it restarts any of them that dies, and on SIGTERM/SIGINT stops the workers, then the writer. A worker is this module with the hidden
-`--worker-fd` (the inherited socket), `--metrics-dir` (prometheus multiprocess files, so that every
-worker's /metrics shows all workers' counters) and `--writer-socket`; the writer is `--writer`, and
-both get `--supervisor` (its pid: they stop when it is gone). `--workers 1` serves in this one
-process, which records itself (group commit among its threads)."""
+it restarts any of them that dies, and on SIGTERM/SIGINT stops the workers, then the writer. A worker
+is this module with the hidden `--worker-fd` (its inherited socket), `--metrics-dir` (prometheus
+multiprocess files, so that every worker's /metrics shows all workers' counters) and
+`--writer-socket`; the writer is `--writer`, and both get `--supervisor` (its pid: they stop when it
+is gone). `--workers 1` serves in this one process, which records itself (group commit among its
+threads)."""
 
 from __future__ import annotations
 

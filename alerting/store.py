@@ -92,8 +92,8 @@ class Change:
 # the canonical labels, the row as a tuple), so that the group commit, which holds the file's write
 # lock and everyone's answer, only compares and writes: one SELECT for every fingerprint of the batch,
 # one executemany per kind of write.
-_SELECT_CURRENT = ("SELECT fingerprint, starts_at, status, labels, annotations, ends_at, transitions FROM alerts"
-                   " WHERE fingerprint IN (SELECT value FROM json_each(?))")
+_SELECT_CURRENT = ("SELECT fingerprint, starts_at, status, labels, annotations, ends_at, transitions"
+                   " FROM alerts WHERE fingerprint IN (SELECT value FROM json_each(?))")
 _INSERT_ALERT = ("INSERT INTO alerts (fingerprint, starts_at, starts_at_ts, alertname, status, ends_at, ends_at_ts,"
                  " labels, annotations, generator_url, received_at, updated_at, transitions)"
                  " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
