@@ -67,7 +67,8 @@ DESCRIPTIONS = {
     "scaler.queries": "overrides of the shipped PromQL queries, by name",
     "scaler.dry_run": "decide and journal, act on nothing",
     "alerting.webhook.token": "bearer token Alertmanager sends",
-    "alerting.webhook.database": "SQLite file of the alert history and action requests",
+    "alerting.webhook.database": "SQLite file of the alert history and action requests (a file of an earlier"
+                                 " version is migrated in place at start, in one transaction)",
     "alerting.actions": "alert matchers -> scale_out / replace_server / cordon_server / hold_scale_in / none",
     "alerting.max_actions_per_hour": "rate limit of alert-driven actions",
 }
