@@ -335,7 +335,7 @@ def _one_line(r: dict) -> str:
 def _medians(runs: list[dict]) -> dict:
     """One result of several runs: the median of each figure, the statuses and counts summed."""
     out = {k: statistics.median(x[k] for x in runs) for k in runs[0]
-           if isinstance(runs[0][k], (int, float)) and runs[0][k] is not None and all(x[k] is not None for x in runs)}
+           if all(isinstance(x[k], (int, float)) for x in runs)}  # None (a figure unknown) in any: left out
     out["statuses"] = {}
     for x in runs:
         for k, v in x["statuses"].items():
